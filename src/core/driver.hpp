@@ -1,0 +1,108 @@
+// The driver interface: what a backend implements so that the contract layer
+// (Device, Queue) can run requests on it. Drivers do not validate arguments or
+// emulate features: the contract layer has done that before they are called.
+#pragma once
+
+#include <signal.h>
+#include <time.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "blkstack/device_info.hpp"
+#include "blkstack/property.hpp"
+#include "blkstack/queue.hpp"
+#include "blkstack/request.hpp"
+#include "blkstack/status.hpp"
+#include "core/region_table.hpp"
+
+namespace blkstack {
+
+class Driver;
+using DriverProperty = Property<Driver>;
+
+// Counters a driver queue keeps about itself, for tests and `blkstack info`.
+struct DriverQueueStats {
+  uint64_t submit_calls = 0;     // system calls that handed requests to the kernel
+  uint64_t fixed_buffer_ops = 0; // data requests issued with registered buffers
+  uint64_t plain_ops = 0;        // data requests issued without
+};
+
+// One queue of a driver: one submission/completion channel.
+class DriverQueue {
+ public:
+  virtual ~DriverQueue() = default;
+
+  virtual DriverQueueStats stats() const { return {}; }
+
+  // Queue `req` (the request in `slot`, or a follow-up step of it). The driver
+  // reports its end through owner.complete(slot, res), either from process()
+  // or, for requests it finishes synchronously, right away.
+  virtual void enqueue(uint32_t slot, const Request& req) = 0;
+
+  // Hand everything enqueued to the device, then reap at most `budget`
+  // finished requests through owner.complete(). When wait_for > 0, first block
+  // until that many requests have finished, `timeout` (relative) expires
+  // (-ETIME), or a signal arrives (-EINTR; `sig` is the signal mask while
+  // blocked). Returns the number reaped or a negative errno. Must return with
+  // nothing left unsubmitted, follow-ups enqueued during reaping included, and
+  // must re-signal the completion fd if it stops with finished requests left.
+  virtual int process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
+                      const sigset_t* sig) = 0;
+
+  // Event-driven mode. -1 for poll queues.
+  virtual int completion_fd() const { return -1; }
+  virtual void set_completion_fd_enabled(bool) {}
+  // Make the completion fd readable (used when completions arise outside the
+  // device, e.g. requests failed by the contract layer).
+  virtual void notify() {}
+
+  // Memory regions mapped on the device, told to every queue (existing ones at
+  // map time, new ones at creation).
+  virtual Status map_region(const MappedRegion&) { return {}; }
+  virtual void unmap_region(const MappedRegion&) {}
+};
+
+// One instance of a driver.
+class Driver {
+ public:
+  virtual ~Driver() = default;
+
+  // Driver-specific properties (blkio(3) DRIVERS section).
+  virtual std::span<const DriverProperty> properties() const = 0;
+  virtual bool can_add_queues() const { return true; }
+
+  // Open the device. May update read_only (e.g. from an fd's access mode).
+  virtual Status connect(bool& read_only, DeviceInfo& info) = 0;
+  // Called once before the first queue is created.
+  virtual Status start(int num_queues, int num_poll_queues) {
+    (void)num_queues;
+    (void)num_poll_queues;
+    return {};
+  }
+  virtual Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) = 0;
+
+  // A region was mapped/unmapped on the device; the driver may attach its own
+  // index to it (e.g. an io_uring fixed-buffer slot) before queues see it.
+  virtual Status map_region(MappedRegion&) { return {}; }
+  virtual void unmap_region(const MappedRegion&) {}
+
+  // Allocation state of [offset, offset+len): how many bytes from offset are
+  // data (true) or a hole that reads as zeroes (false). Drivers that cannot
+  // tell report everything as data.
+  struct Extent {
+    uint64_t len;
+    bool hole;
+  };
+  virtual Result<Extent> extent_at(uint64_t /*offset*/, uint64_t len) { return Extent{len, false}; }
+};
+
+// Registry of driver factories, by name.
+struct DriverEntry {
+  const char* name;
+  std::unique_ptr<Driver> (*create)();
+};
+std::span<const DriverEntry> drivers();
+
+}  // namespace blkstack

@@ -1,0 +1,231 @@
+#include "drivers/io_uring/io_uring_driver.hpp"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/uring.hpp"
+#include "drivers/common/block_limits.hpp"
+#include "drivers/io_uring/io_uring_queue.hpp"
+
+namespace blkstack {
+
+std::unique_ptr<Driver> IoUringDriver::create() { return std::make_unique<IoUringDriver>(); }
+
+struct IoUringProperties {
+  static IoUringDriver& self(Driver& d) { return static_cast<IoUringDriver&>(d); }
+  static const IoUringDriver& self(const Driver& d) { return static_cast<const IoUringDriver&>(d); }
+
+  static std::span<const DriverProperty> table() {
+    using namespace states;
+    static const DriverProperty props[] = {
+        {"direct", PropType::kBool, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).direct_); },
+         [](Driver& d, const PropValue& v) {
+           self(d).direct_ = std::get<bool>(v);
+           return Status{};
+         }},
+        {"fd", PropType::kInt, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).fd_prop_); },
+         [](Driver& d, const PropValue& v) {
+           self(d).fd_prop_ = std::get<int>(v);
+           return Status{};
+         }},
+        {"path", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).path_); },
+         [](Driver& d, const PropValue& v) {
+           self(d).path_ = std::get<std::string>(v);
+           return Status{};
+         }},
+        {"num-entries", PropType::kInt, kAfterConnect, kConnected,
+         [](const Driver& d) { return PropValue(self(d).num_entries_); },
+         [](Driver& d, const PropValue& v) {
+           int n = std::get<int>(v);
+           if (n <= 0) return error(-EINVAL, "num-entries must be greater than 0");
+           self(d).num_entries_ = n;
+           return Status{};
+         }},
+    };
+    return props;
+  }
+};
+
+std::span<const DriverProperty> IoUringDriver::properties() const { return IoUringProperties::table(); }
+
+Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
+  if (!path_.empty() && fd_prop_ >= 0) return error(-EINVAL, "path and fd cannot be set at the same time");
+  if (path_.empty() && fd_prop_ < 0) return error(-EINVAL, "One of path and fd must be set");
+
+  UniqueFd fd;
+  bool direct = direct_;
+  bool ro = read_only;
+  if (!path_.empty()) {
+    int flags = (ro ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? O_DIRECT : 0);
+    fd.reset(::open(path_.c_str(), flags));
+    if (!fd.valid()) return errno_error(path_);
+  } else {
+    int fl = ::fcntl(fd_prop_, F_GETFL);
+    if (fl < 0) return errno_error("fd");
+    if ((fl & O_ACCMODE) == O_WRONLY) return error(-EINVAL, "fd must be open for reading");
+    ro = (fl & O_ACCMODE) == O_RDONLY;
+    direct = (fl & O_DIRECT) != 0;
+  }
+  int raw = fd.valid() ? fd.get() : fd_prop_;
+
+  struct stat st {};
+  if (::fstat(raw, &st) != 0) return errno_error("fstat");
+  bool is_block = S_ISBLK(st.st_mode);
+  if (!is_block && !S_ISREG(st.st_mode)) return error(-EINVAL, "Not a regular file or block device");
+
+  DeviceInfo i;
+  i.max_queues = INT_MAX;
+  i.max_mem_regions = UINT64_MAX;
+  i.may_pin_mem_regions = true;  // mapped regions become io_uring fixed buffers, which pins them
+  i.needs_mem_regions = false;
+  i.needs_mem_region_fd = false;
+  i.max_segments = IOV_MAX;
+  i.max_segment_len = 0;
+  i.max_transfer = 0;
+  i.optimal_buf_alignment = static_cast<int>(page_size());
+  i.supports_fua_natively = true;  // RWF_DSYNC on the write itself
+  i.fua_native_write_zeroes = false;
+  i.can_grow = false;
+  i.supports_write_zeroes = true;
+
+  if (is_block) {
+    BlockLimits bl = block_limits_of_fd(raw);
+    i.capacity = bl.size;
+    i.request_alignment = static_cast<int>(bl.logical_block_size);
+    i.buf_alignment = direct ? static_cast<int>(std::max<uint32_t>(bl.dma_alignment, 1)) : 1;
+    i.optimal_io_alignment = static_cast<int>(std::max(bl.physical_block_size, bl.logical_block_size));
+    i.optimal_io_size =
+        bl.optimal_io_size % static_cast<uint32_t>(i.optimal_io_alignment) == 0 ? static_cast<int>(bl.optimal_io_size) : 0;
+    i.flush_needed = !direct || bl.write_back_cache;
+    i.supports_discard = bl.discard_max_bytes > 0;
+    i.discard_alignment = static_cast<int>(std::max<uint64_t>(bl.discard_granularity, bl.logical_block_size));
+    i.discard_alignment_offset = static_cast<int>(bl.discard_alignment % static_cast<uint64_t>(i.discard_alignment));
+    i.max_discard_len = bl.discard_max_bytes;
+    i.max_write_zeroes_len = 0;  // the kernel splits and falls back itself
+    i.rotational = bl.rotational;
+    i.can_report_holes = false;
+  } else {
+    i.capacity = static_cast<uint64_t>(st.st_size);
+    BlockLimits bl = block_limits_of_dev(st.st_dev);
+    if (direct) {
+      // O_DIRECT rules for this file: statx knows them on Linux >= 6.1.
+      struct statx sx {};
+      uint32_t offset_align = 0, mem_align = 0;
+      if (::statx(raw, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+          sx.stx_dio_offset_align) {
+        offset_align = sx.stx_dio_offset_align;
+        mem_align = sx.stx_dio_mem_align;
+      } else {
+        offset_align = bl.logical_block_size;
+        mem_align = bl.logical_block_size;
+      }
+      i.request_alignment = static_cast<int>(std::max<uint32_t>(offset_align, 1));
+      i.buf_alignment = static_cast<int>(std::max<uint32_t>(mem_align, 1));
+    } else {
+      i.request_alignment = 1;
+      i.buf_alignment = 1;
+    }
+    i.optimal_io_alignment = static_cast<int>(std::max<uint64_t>(
+        std::max<uint64_t>(static_cast<uint64_t>(st.st_blksize), bl.physical_block_size),
+        static_cast<uint64_t>(i.request_alignment)));
+    i.optimal_io_size = 0;
+    i.flush_needed = true;
+    i.discard_alignment = i.request_alignment;
+    i.discard_alignment_offset = 0;
+    i.max_discard_len = 0;
+    i.max_write_zeroes_len = 0;
+    i.rotational = bl.rotational;
+    i.can_report_holes = true;
+  }
+  i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
+
+  target_ = IoUringTarget{raw, is_block, direct};
+  if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
+  i.supports_poll_queues = direct && probe_iopoll(i);
+
+  // Success: from here on the library owns the descriptor.
+  if (fd.valid()) {
+    fd_prop_ = fd.get();
+    fd_ = std::move(fd);
+  } else {
+    fd_.reset(fd_prop_);
+  }
+  direct_ = direct;
+  read_only = ro;
+  info = i;
+  return {};
+}
+
+// Can this file do polled (IORING_SETUP_IOPOLL) I/O? Only the kernel knows:
+// try one read on a scratch polled ring.
+bool IoUringDriver::probe_iopoll(const DeviceInfo& info) const {
+  size_t len = static_cast<size_t>(info.request_alignment);
+  if (info.capacity < len) return false;
+  Ring ring;
+  io_uring_params p{};
+  p.flags = IORING_SETUP_IOPOLL;
+  if (!ring.init(2, p, 0)) return false;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, std::max<size_t>(page_size(), static_cast<size_t>(info.buf_alignment)), len) != 0) return false;
+  io_uring_sqe* sqe = io_uring_get_sqe(ring.get());
+  io_uring_prep_read(sqe, target_.fd, buf, static_cast<unsigned>(len), 0);
+  io_uring_cqe* cqe = nullptr;
+  bool ok = false;
+  if (io_uring_submit_and_wait(ring.get(), 1) >= 0 && io_uring_wait_cqe(ring.get(), &cqe) == 0) {
+    ok = cqe->res >= 0;
+    io_uring_cqe_seen(ring.get(), cqe);
+  }
+  free(buf);
+  return ok;
+}
+
+// Does the file system punch holes? Punching past the end of the file with
+// KEEP_SIZE changes nothing, so it is a harmless question to ask.
+bool IoUringDriver::probe_punch_hole(uint64_t capacity) const {
+  off_t at = static_cast<off_t>(round_up(capacity + 1, 1 << 20));
+  return ::fallocate(target_.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, 4096) == 0;
+}
+
+Result<std::unique_ptr<DriverQueue>> IoUringDriver::create_queue(bool poll) {
+  auto q = std::make_unique<IoUringQueue>(target_, poll);
+  if (Status s = q->init(static_cast<unsigned>(num_entries_)); !s) return s;
+  return std::unique_ptr<DriverQueue>(std::move(q));
+}
+
+Status IoUringDriver::map_region(MappedRegion& r) {
+  if (fixed_used_.empty()) fixed_used_.assign(kMaxFixedBuffers, false);
+  auto it = std::find(fixed_used_.begin(), fixed_used_.end(), false);
+  if (it == fixed_used_.end()) return {};  // no slot left: plain opcodes for this one
+  *it = true;
+  r.driver_index = static_cast<int>(it - fixed_used_.begin());
+  return {};
+}
+
+void IoUringDriver::unmap_region(const MappedRegion& r) {
+  if (r.driver_index >= 0 && static_cast<size_t>(r.driver_index) < fixed_used_.size()) {
+    fixed_used_[static_cast<size_t>(r.driver_index)] = false;
+  }
+}
+
+Result<Driver::Extent> IoUringDriver::extent_at(uint64_t offset, uint64_t len) {
+  if (target_.is_block) return Extent{len, false};
+  off_t data = ::lseek(target_.fd, static_cast<off_t>(offset), SEEK_DATA);
+  if (data < 0) {
+    if (errno == ENXIO) return Extent{len, true};  // only a hole from here to the end
+    return Extent{len, false};                     // cannot tell: call it data
+  }
+  if (static_cast<uint64_t>(data) > offset) return Extent{std::min<uint64_t>(len, static_cast<uint64_t>(data) - offset), true};
+  off_t hole = ::lseek(target_.fd, static_cast<off_t>(offset), SEEK_HOLE);
+  if (hole < 0 || static_cast<uint64_t>(hole) <= offset) return Extent{len, false};
+  return Extent{std::min<uint64_t>(len, static_cast<uint64_t>(hole) - offset), false};
+}
+
+}  // namespace blkstack

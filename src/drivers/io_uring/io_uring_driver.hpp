@@ -1,0 +1,51 @@
+// The io_uring driver: regular files and block devices through Linux io_uring
+// (blkio(3), DRIVERS, io_uring).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/driver.hpp"
+#include "core/fd.hpp"
+
+namespace blkstack {
+
+// What every queue of one io_uring device needs to know.
+struct IoUringTarget {
+  int fd = -1;
+  bool is_block = false;
+  bool direct = false;
+};
+
+// How many mapped regions get an io_uring fixed-buffer slot; regions beyond
+// this still work, through the plain opcodes.
+inline constexpr int kMaxFixedBuffers = 1024;
+
+class IoUringDriver final : public Driver {
+ public:
+  static std::unique_ptr<Driver> create();
+
+  std::span<const DriverProperty> properties() const override;
+  Status connect(bool& read_only, DeviceInfo& info) override;
+  Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) override;
+  Status map_region(MappedRegion& r) override;
+  void unmap_region(const MappedRegion& r) override;
+  Result<Extent> extent_at(uint64_t offset, uint64_t len) override;
+
+ private:
+  friend struct IoUringProperties;
+  bool probe_iopoll(const DeviceInfo& info) const;
+  bool probe_punch_hole(uint64_t capacity) const;
+
+  // Properties (blkio(3)).
+  std::string path_;
+  int fd_prop_ = -1;
+  bool direct_ = false;
+  int num_entries_ = 128;
+
+  UniqueFd fd_;
+  IoUringTarget target_;
+  std::vector<bool> fixed_used_;
+};
+
+}  // namespace blkstack

@@ -1,0 +1,17 @@
+// The drivers built into this library, by the name blkio_create() takes.
+#include "core/driver.hpp"
+#include "drivers/io_uring/io_uring_driver.hpp"
+
+namespace blkstack {
+
+std::unique_ptr<Driver> make_null_driver();
+
+std::span<const DriverEntry> drivers() {
+  static const DriverEntry entries[] = {
+      {"io_uring", &IoUringDriver::create},
+      {"null", &make_null_driver},
+  };
+  return entries;
+}
+
+}  // namespace blkstack

@@ -1,0 +1,276 @@
+// The io_uring driver on regular files (tmpfs and disk) and loop block
+// devices: data, FUA, flush, write-zeroes modes, discard, fixed buffers and
+// batched submission.
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <linux/loop.h>
+
+#include <cstring>
+
+#include "core/driver.hpp"
+#include "native_test_util.hpp"
+#include "test_util.hpp"
+
+using namespace blkstack;
+using blkstack::test::open_device;
+using blkstack::test::pattern;
+using blkstack::test::TempFile;
+using blkstack::test::wait_one;
+
+namespace {
+
+struct Case {
+  const char* dir;
+  bool direct;
+};
+
+class IoUringFile : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    file_ = std::make_unique<TempFile>(4 << 20, GetParam().dir);
+    dev_ = open_device("io_uring", {{"path", file_->path()}, {"direct", GetParam().direct ? "true" : "false"}});
+    ASSERT_TRUE(dev_);
+    q_ = dev_->queue(0);
+    buf_ = static_cast<char*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  }
+  void TearDown() override { munmap(buf_, 1 << 20); }
+
+  std::unique_ptr<TempFile> file_;
+  std::unique_ptr<Device> dev_;
+  Queue* q_ = nullptr;
+  char* buf_ = nullptr;
+};
+
+}  // namespace
+
+TEST_P(IoUringFile, WriteThenReadBack) {
+  std::string data = pattern(64 * 1024, 1);
+  memcpy(buf_, data.data(), data.size());
+  q_->write(8192, buf_, data.size(), nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  memset(buf_, 0, data.size());
+  q_->read(8192, buf_, data.size(), nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_EQ(memcmp(buf_, data.data(), data.size()), 0);
+  auto contents = file_->contents();
+  EXPECT_EQ(memcmp(contents.data() + 8192, data.data(), data.size()), 0);
+}
+
+TEST_P(IoUringFile, VectoredIo) {
+  std::string data = pattern(3 * 4096, 2);
+  memcpy(buf_, data.data(), data.size());
+  struct iovec iov[3] = {{buf_ + 8192, 4096}, {buf_, 4096}, {buf_ + 4096, 4096}};
+  q_->writev(4096, iov, 3, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  auto contents = file_->contents();
+  EXPECT_EQ(memcmp(contents.data() + 4096, data.data() + 8192, 4096), 0);
+  EXPECT_EQ(memcmp(contents.data() + 8192, data.data(), 8192), 0);
+  memset(buf_, 0, data.size());
+  q_->readv(4096, iov, 3, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_EQ(memcmp(buf_, data.data(), data.size()), 0);
+}
+
+TEST_P(IoUringFile, FuaAndFlush) {
+  std::string data = pattern(4096, 3);
+  memcpy(buf_, data.data(), data.size());
+  q_->write(0, buf_, 4096, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  struct iovec iov = {buf_, 4096};  // must outlive the request
+  q_->writev(0, &iov, 1, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  q_->flush(nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_EQ(memcmp(file_->contents().data(), data.data(), 4096), 0);
+}
+
+TEST_P(IoUringFile, WriteZeroesAllModes) {
+  const uint32_t modes[] = {0, kReqNoUnmap, kReqFua, kReqNoFallback, kReqNoUnmap | kReqFua};
+  for (uint32_t flags : modes) {
+    file_->write_at(65536, pattern(65536, 4));
+    q_->write_zeroes(65536, 65536, nullptr, flags);
+    Completion c = wait_one(*q_);
+    ASSERT_EQ(c.ret, 0) << "flags " << flags;
+    auto contents = file_->contents();
+    EXPECT_EQ(std::string(contents.data() + 65536, 65536), std::string(65536, '\0')) << "flags " << flags;
+  }
+}
+
+// NO_UNMAP with NO_FALLBACK either zeroes natively (ZERO_RANGE) or refuses
+// with -ENOTSUP and leaves the data alone (tmpfs has no ZERO_RANGE).
+TEST_P(IoUringFile, WriteZeroesNoFallbackIsHonest) {
+  std::string data = pattern(65536, 5);
+  file_->write_at(0, data);
+  q_->write_zeroes(0, 65536, nullptr, kReqNoUnmap | kReqNoFallback);
+  Completion c = wait_one(*q_);
+  auto contents = file_->contents();
+  if (c.ret == 0) {
+    EXPECT_EQ(std::string(contents.data(), 65536), std::string(65536, '\0'));
+  } else {
+    EXPECT_EQ(c.ret, -ENOTSUP);
+    EXPECT_EQ(std::string(contents.data(), 65536), data);
+  }
+  if (std::string(GetParam().dir) == "/dev/shm") {
+    EXPECT_EQ(c.ret, -ENOTSUP);
+  }
+}
+
+TEST_P(IoUringFile, WriteZeroesKeepsAllocationWithNoUnmap) {
+  file_->write_at(0, pattern(1 << 20, 6));
+  uint64_t before = file_->allocated();
+  q_->write_zeroes(0, 1 << 20, nullptr, kReqNoUnmap);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_GE(file_->allocated(), before);
+  q_->write_zeroes(0, 1 << 20, nullptr, 0);  // may unmap: punches a hole
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_LT(file_->allocated(), before);
+}
+
+TEST_P(IoUringFile, DiscardPunchesHole) {
+  file_->write_at(1 << 20, pattern(1 << 20, 7));
+  uint64_t before = file_->allocated();
+  q_->discard(1 << 20, 1 << 20, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_LT(file_->allocated(), before);
+  auto contents = file_->contents();
+  EXPECT_EQ(std::string(contents.data() + (1 << 20), 1 << 20), std::string(1 << 20, '\0'));
+  EXPECT_TRUE(dev_->info().supports_discard);
+}
+
+TEST_P(IoUringFile, MappedRegionsUseFixedBuffers) {
+  MemRegion r{};
+  ASSERT_TRUE(dev_->alloc_mem_region(r, 1 << 16).ok());
+  ASSERT_TRUE(dev_->map_mem_region(r).ok());
+  auto before = q_->driver_queue().stats();
+  q_->read(0, r.addr, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  q_->write(0, static_cast<char*>(r.addr) + 4096, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  auto mid = q_->driver_queue().stats();
+  EXPECT_EQ(mid.fixed_buffer_ops - before.fixed_buffer_ops, 2u);
+  EXPECT_EQ(mid.plain_ops, before.plain_ops);
+  // Unmapped memory uses the plain opcodes.
+  q_->read(0, buf_, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  auto after = q_->driver_queue().stats();
+  EXPECT_EQ(after.plain_ops - mid.plain_ops, 1u);
+  // After unmapping, the region's memory is plain memory again.
+  dev_->unmap_mem_region(r);
+  q_->read(0, r.addr, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  EXPECT_EQ(q_->driver_queue().stats().fixed_buffer_ops, after.fixed_buffer_ops);
+  dev_->free_mem_region(r);
+}
+
+TEST_P(IoUringFile, OneSubmitPerDoIo) {
+  auto before = q_->driver_queue().stats();
+  for (int i = 0; i < 32; i++) q_->read(static_cast<uint64_t>(i) * 4096, buf_ + i * 4096, 4096, nullptr, 0);
+  EXPECT_EQ(q_->driver_queue().stats().submit_calls, before.submit_calls);  // nothing submitted yet
+  Completion c[32];
+  int got = q_->do_io(c, 32, 32, nullptr);
+  EXPECT_EQ(got, 32);
+  EXPECT_EQ(q_->driver_queue().stats().submit_calls - before.submit_calls, 1u);
+}
+
+TEST_P(IoUringFile, MoreRequestsThanRingEntries) {
+  Completion c[600];
+  for (int i = 0; i < 600; i++) q_->read(static_cast<uint64_t>(i % 256) * 4096, buf_ + (i % 256) * 4096, 4096, nullptr, 0);
+  int got = 0;
+  while (got < 600) {
+    int n = q_->do_io(c, 1, 600, nullptr);
+    ASSERT_GT(n, 0) << q_->error_message();
+    for (int i = 0; i < n; i++) EXPECT_EQ(c[i].ret, 0);
+    got += n;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, IoUringFile,
+                         ::testing::Values(Case{"/dev/shm", false}, Case{"/var/tmp", false}, Case{"/var/tmp", true}),
+                         [](const auto& info) {
+                           return std::string(info.param.dir[5] == 's' ? "tmpfs" : "disk") +
+                                  (info.param.direct ? "_direct" : "_buffered");
+                         });
+
+TEST(IoUringDirect, AlignmentFromTheFileSystem) {
+  TempFile f(1 << 20, "/var/tmp");
+  auto dev = open_device("io_uring", {{"path", f.path()}, {"direct", "true"}});
+  ASSERT_TRUE(dev);
+  EXPECT_GE(dev->info().request_alignment, 512);
+  EXPECT_GE(dev->info().buf_alignment, 1);
+  EXPECT_EQ(dev->info().mem_region_alignment % static_cast<uint64_t>(dev->info().buf_alignment), 0u);
+  auto buffered = open_device("io_uring", {{"path", f.path()}});
+  EXPECT_EQ(buffered->info().request_alignment, 1);
+}
+
+TEST(IoUringEntries, TooManyEntriesFailsStart) {
+  TempFile f(1 << 20, "/dev/shm");
+  auto d = Device::create("io_uring");
+  ASSERT_TRUE(d.ok());
+  ASSERT_TRUE((*d)->set_str("path", f.path()).ok());
+  ASSERT_TRUE((*d)->connect().ok());
+  ASSERT_TRUE((*d)->set("num-entries", PropValue(1 << 20)).ok());
+  Status s = (*d)->start();
+  EXPECT_EQ(s.code(), -EINVAL);
+  EXPECT_NE(s.message().find("num-entries"), std::string::npos);
+}
+
+// Block devices, through a loop device over a scratch file (needs root).
+class LoopDevice : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "loop devices need root";
+    file_ = std::make_unique<TempFile>(16 << 20, "/var/tmp");
+    int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    ASSERT_GE(ctl, 0);
+    int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+    close(ctl);
+    ASSERT_GE(n, 0);
+    path_ = "/dev/loop" + std::to_string(n);
+    loop_fd_ = open(path_.c_str(), O_RDWR | O_CLOEXEC);
+    int backing = open(file_->path().c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_EQ(ioctl(loop_fd_, LOOP_SET_FD, backing), 0);
+    close(backing);
+  }
+  void TearDown() override {
+    if (loop_fd_ >= 0) {
+      ioctl(loop_fd_, LOOP_CLR_FD, 0);
+      close(loop_fd_);
+    }
+  }
+  std::unique_ptr<TempFile> file_;
+  std::string path_;
+  int loop_fd_ = -1;
+};
+
+TEST_F(LoopDevice, BlockDeviceLimitsAndIo) {
+  auto dev = open_device("io_uring", {{"path", path_}, {"direct", "true"}});
+  ASSERT_TRUE(dev);
+  const DeviceInfo& i = dev->info();
+  EXPECT_EQ(i.capacity, 16u << 20);
+  EXPECT_EQ(i.request_alignment, 512);
+  EXPECT_FALSE(i.can_report_holes);
+  Queue& q = *dev->queue(0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 65536), 0);
+  std::string data = pattern(65536, 9);
+  memcpy(buf, data.data(), data.size());
+  q.write(1 << 20, buf, 65536, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.flush(nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  EXPECT_EQ(memcmp(file_->contents().data() + (1 << 20), data.data(), data.size()), 0);
+  // Write zeroes, each mode.
+  for (uint32_t flags : {0u, kReqNoUnmap, kReqNoFallback}) {
+    file_->write_at(2 << 20, data);
+    q.write_zeroes(2 << 20, 65536, nullptr, flags);
+    Completion c = wait_one(q);
+    ASSERT_EQ(c.ret, 0) << "flags " << flags;
+    EXPECT_EQ(std::string(file_->contents().data() + (2 << 20), 65536), std::string(65536, '\0'));
+  }
+  // Discard, when the loop device offers it.
+  if (i.supports_discard) {
+    q.discard(0, 1 << 20, nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+  }
+  free(buf);
+}

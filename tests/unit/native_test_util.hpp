@@ -1,0 +1,54 @@
+// Helpers for tests that use the native C++ API.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "blkstack/device.hpp"
+#include "blkstack/queue.hpp"
+
+namespace blkstack::test {
+
+inline std::unique_ptr<Device> open_device(const std::string& driver,
+                                           const std::vector<std::pair<std::string, std::string>>& props,
+                                           int num_queues = 1) {
+  auto d = Device::create(driver);
+  EXPECT_TRUE(d.ok()) << d.status().message();
+  if (!d) return nullptr;
+  for (auto& [k, v] : props) {
+    Status s = (*d)->set_str(k, v);
+    EXPECT_TRUE(s.ok()) << k << ": " << s.message();
+  }
+  Status s = (*d)->connect();
+  EXPECT_TRUE(s.ok()) << s.message();
+  s = (*d)->set("num-queues", PropValue(num_queues));
+  EXPECT_TRUE(s.ok()) << s.message();
+  s = (*d)->start();
+  EXPECT_TRUE(s.ok()) << s.message();
+  return std::move(d.value());
+}
+
+inline Completion wait_one(Queue& q) {
+  Completion c{};
+  int n = q.do_io(&c, 1, 1, nullptr);
+  EXPECT_EQ(n, 1) << q.error_message();
+  return c;
+}
+
+inline std::string pattern(size_t len, unsigned seed) {
+  std::string s(len, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (auto& ch : s) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    ch = static_cast<char>(x);
+  }
+  return s;
+}
+
+}  // namespace blkstack::test
