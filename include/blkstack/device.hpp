@@ -49,6 +49,18 @@ class Device {
   std::vector<std::string_view> property_names() const;
   // The type of a property, or -ENOENT.
   Result<PropType> property_type(std::string_view name) const;
+  // When a property may be read and written (masks of states::k*).
+  struct PropertyAccess {
+    PropType type;
+    uint8_t readable;
+    uint8_t writable;
+  };
+  Result<PropertyAccess> property_access(std::string_view name) const;
+
+  // Allocation at offset (connected or started): the length of the run of
+  // data or hole that starts there, at most len. Devices that cannot tell
+  // report data.
+  Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len);
 
   // Valid once connected.
   const DeviceInfo& info() const { return info_; }
@@ -68,6 +80,7 @@ class Device {
 
   // For queues and drivers: the current mapped-region snapshot (never null).
   const RegionTable& regions() const { return *regions_.load(std::memory_order_acquire); }
+  const std::atomic<const RegionTable*>& regions_pointer() const { return regions_; }
   Driver& driver() { return *driver_; }
   // A zero-filled buffer of zero_buffer_len() bytes for the write-zeroes
   // fallback (allocated at start).

@@ -8,6 +8,12 @@
 
 namespace blkstack {
 
+// A run of bytes that is all data or all hole (reads as zeroes, no storage).
+struct AllocationExtent {
+  uint64_t len;
+  bool hole;
+};
+
 struct DeviceInfo {
   // Device and queues.
   uint64_t capacity = 0;

@@ -108,6 +108,16 @@ Status Device::start() {
   return {};
 }
 
+Result<AllocationExtent> Device::extent_at(uint64_t offset, uint64_t len) {
+  if (state_ == State::kCreated) return error(-ENODEV, "Device must be connected");
+  if (offset >= info_.capacity) return error(-EINVAL, "offset is beyond the end of the device");
+  len = std::min(len, info_.capacity - offset);
+  if (!info_.can_report_holes) return AllocationExtent{len, false};
+  auto e = driver_->extent_at(offset, len);
+  if (e && (e->len == 0 || e->len > len)) return AllocationExtent{len, false};
+  return e;
+}
+
 // ---- queues ----
 
 Result<std::unique_ptr<Queue>> Device::make_queue(bool poll, int index) {
@@ -115,7 +125,11 @@ Result<std::unique_ptr<Queue>> Device::make_queue(bool poll, int index) {
   auto dq = driver_->create_queue(poll);
   if (!dq) return dq.status();
   for (const MappedRegion& r : regions().all()) {
-    if (Status s = (*dq)->map_region(r); !s) return s;
+    MappedRegion copy = r;
+    if (Status s = (*dq)->map_region(copy); !s) return s;
+    if (copy.driver_index != r.driver_index) {
+      return error(-ENOMEM, "the new queue cannot use the memory regions already mapped");
+    }
   }
   return std::make_unique<Queue>(*this, std::move(dq.value()), poll);
 }

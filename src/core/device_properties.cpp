@@ -139,6 +139,12 @@ Result<PropType> Device::property_type(std::string_view name) const {
   return p->type;
 }
 
+Result<Device::PropertyAccess> Device::property_access(std::string_view name) const {
+  auto p = lookup(*this, *driver_, name);
+  if (!p) return p.status();
+  return PropertyAccess{p->type, p->readable, p->writable};
+}
+
 std::vector<std::string_view> Device::property_names() const {
   std::vector<std::string_view> names;
   for (const DP& p : DeviceProperties::table()) names.push_back(p.name);

@@ -29,16 +29,43 @@ struct DriverQueueStats {
   uint64_t plain_ops = 0;        // data requests issued without
 };
 
+// The slot, operation and flags of a plain read or write, packed into one
+// register for DriverQueue::enqueue_rw().
+struct RwTag {
+  uint64_t bits;
+  static RwTag make(uint32_t slot, Op op, uint32_t flags) {
+    return {slot | (static_cast<uint64_t>(op) << 32) | (static_cast<uint64_t>(flags & 0xff) << 40)};
+  }
+  uint32_t slot() const { return static_cast<uint32_t>(bits); }
+  Op op() const { return static_cast<Op>((bits >> 32) & 0xff); }
+  uint32_t flags() const { return static_cast<uint32_t>(bits >> 40) & 0xff; }
+};
+
 // One queue of a driver: one submission/completion channel.
 class DriverQueue {
  public:
   virtual ~DriverQueue() = default;
 
+  // The contract layer's fast path: a checked read or write (op kRead or
+  // kWrite), its arguments in registers. Drivers that can do better than
+  // building a Request override this.
+  virtual void enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
+    Request r{};
+    r.op = tag.op();
+    r.flags = tag.flags();
+    r.offset = offset;
+    r.len = len;
+    r.buf = buf;
+    r.region = region;
+    enqueue(tag.slot(), r);
+  }
+
   virtual DriverQueueStats stats() const { return {}; }
 
-  // Queue `req` (the request in `slot`, or a follow-up step of it). The driver
-  // reports its end through owner.complete(slot, res), either from process()
-  // or, for requests it finishes synchronously, right away.
+  // Queue `req` (a request, or one step of a multi-step one) for `slot`. The
+  // driver reports its end through owner.complete(slot, res) from process().
+  // `req` is only valid during the call: drivers copy what they need later.
+  // A step that succeeds completely returns owner.expected(slot).
   virtual void enqueue(uint32_t slot, const Request& req) = 0;
 
   // Hand everything enqueued to the device, then reap at most `budget`
@@ -59,8 +86,10 @@ class DriverQueue {
   virtual void notify() {}
 
   // Memory regions mapped on the device, told to every queue (existing ones at
-  // map time, new ones at creation).
-  virtual Status map_region(const MappedRegion&) { return {}; }
+  // map time, new ones at creation). At map time a queue that cannot use the
+  // driver's handle sets r.driver_index to -1, so no queue uses it; at queue
+  // creation it must fail instead.
+  virtual Status map_region(MappedRegion&) { return {}; }
   virtual void unmap_region(const MappedRegion&) {}
 };
 
@@ -91,11 +120,9 @@ class Driver {
   // Allocation state of [offset, offset+len): how many bytes from offset are
   // data (true) or a hole that reads as zeroes (false). Drivers that cannot
   // tell report everything as data.
-  struct Extent {
-    uint64_t len;
-    bool hole;
-  };
-  virtual Result<Extent> extent_at(uint64_t /*offset*/, uint64_t len) { return Extent{len, false}; }
+  virtual Result<AllocationExtent> extent_at(uint64_t /*offset*/, uint64_t len) {
+    return AllocationExtent{len, false};
+  }
 };
 
 // Registry of driver factories, by name.

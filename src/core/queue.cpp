@@ -60,12 +60,13 @@ const char* op_name(Op op) {
 }
 
 Queue::Queue(Device& device, std::unique_ptr<DriverQueue> driver_queue, bool poll)
-    : device_(device), dq_(std::move(driver_queue)), poll_(poll) {
+    : device_(device), dq_(std::move(driver_queue)), regions_(&device.regions_pointer()), poll_(poll) {
   const DeviceInfo& i = device.info();
+  lim_.req_mask = static_cast<uint64_t>(i.request_alignment) - 1;
+  lim_.buf_mask = static_cast<uint64_t>(i.buf_alignment) - 1;
+  lim_.max_len = i.max_transfer > 0 ? static_cast<uint64_t>(i.max_transfer) : UINT64_MAX;
+  lim_.end = i.can_grow ? UINT64_MAX : i.capacity;
   lim_.capacity = i.capacity;
-  lim_.request_align = static_cast<uint64_t>(i.request_alignment);
-  lim_.buf_align = static_cast<uint64_t>(i.buf_alignment);
-  lim_.max_transfer = static_cast<uint64_t>(i.max_transfer);
   lim_.max_write_zeroes = i.max_write_zeroes_len;
   lim_.max_discard = i.max_discard_len;
   lim_.max_segment_len = static_cast<uint64_t>(i.max_segment_len);
@@ -73,20 +74,22 @@ Queue::Queue(Device& device, std::unique_ptr<DriverQueue> driver_queue, bool pol
   lim_.discard_align_offset = static_cast<uint64_t>(i.discard_alignment_offset);
   lim_.max_segments = i.max_segments;
   lim_.read_only = device.read_only();
-  lim_.can_grow = i.can_grow;
   lim_.fua_native = i.supports_fua_natively;
   lim_.fua_native_zeroes = i.fua_native_write_zeroes;
   lim_.supports_write_zeroes = i.supports_write_zeroes;
   lim_.supports_discard = i.supports_discard;
   lim_.needs_regions = i.needs_mem_regions;
   lim_.zoned = i.zoned;
+  fast_write_flags_ = i.supports_fua_natively ? kReqFua : 0;
 
   zero_chunk_ = device.zero_buffer_len();
-  if (lim_.max_transfer) zero_chunk_ = std::min(zero_chunk_, lim_.max_transfer);
-  zero_chunk_ -= zero_chunk_ % lim_.request_align;
+  if (i.max_transfer > 0) zero_chunk_ = std::min<uint64_t>(zero_chunk_, static_cast<uint64_t>(i.max_transfer));
+  zero_chunk_ -= zero_chunk_ % static_cast<uint64_t>(i.request_alignment);
 
-  slots_.resize(64);
-  for (uint32_t i = 0; i < slots_.size(); i++) slots_[i].next_free = i + 1 < slots_.size() ? i + 1 : UINT32_MAX;
+  static_assert(sizeof(Slot) == 32);
+  slots_.resize(128);
+  staged_.resize(128);
+  for (uint32_t k = 0; k < slots_.size(); k++) slots_[k].next_free = k + 1 < slots_.size() ? k + 1 : UINT32_MAX;
   free_head_ = 0;
   ready_.reserve(16);
 }
@@ -95,17 +98,14 @@ Queue::~Queue() = default;
 
 // ---- slots and completions ----
 
-uint32_t Queue::acquire() {
-  if (free_head_ == UINT32_MAX) [[unlikely]] {
-    // Grow: slot indices stay valid, so drivers holding indices are unaffected.
-    uint32_t old = static_cast<uint32_t>(slots_.size());
-    slots_.resize(old * 2);
-    for (uint32_t i = old; i < slots_.size(); i++) slots_[i].next_free = i + 1 < slots_.size() ? i + 1 : UINT32_MAX;
-    free_head_ = old;
-  }
-  uint32_t slot = free_head_;
-  free_head_ = slots_[slot].next_free;
-  return slot;
+uint32_t Queue::grow() {
+  // Indices stay valid across growth; references do not (see request()).
+  uint32_t old = static_cast<uint32_t>(slots_.size());
+  slots_.resize(old * 2);
+  staged_.resize(old * 2);
+  for (uint32_t k = old; k < slots_.size(); k++) slots_[k].next_free = k + 1 < slots_.size() ? k + 1 : UINT32_MAX;
+  free_head_ = old;
+  return old;
 }
 
 void Queue::defer(void* user_data, int ret, const char* msg) {
@@ -142,14 +142,13 @@ void Queue::unget(int n) {
 }
 
 void Queue::submit(const Request& req, uint8_t stage, bool flush_after) {
-  uint32_t slot = acquire();
-  Slot& s = slots_[slot];
-  s.req = req;
+  uint32_t slot;
+  Slot& s = start_request(slot);
+  s.user_data = req.user_data;
+  s.expected = req.op <= Op::kWritev ? req.len : 0;
   s.stage = stage;
   s.flush_after = flush_after;
-  s.driver_state = 0;
-  s.done = 0;
-  ++pending_;
+  staged_[slot] = Staged{req, 0};
   if (stage == kZeroWrite) {
     issue_zero_chunk(slot);
   } else {
@@ -158,176 +157,181 @@ void Queue::submit(const Request& req, uint8_t stage, bool flush_after) {
 }
 
 void Queue::issue_zero_chunk(uint32_t slot) {
-  const Slot& s = slots_[slot];
+  Slot& s = slots_[slot];
+  const Staged& st = staged_[slot];
   Request w{};
   w.op = Op::kWrite;
-  w.offset = s.req.offset + s.done;
-  w.len = std::min<uint64_t>(zero_chunk_, s.req.len - s.done);
+  w.offset = st.req.offset + st.done;
+  w.len = std::min<uint64_t>(zero_chunk_, st.req.len - st.done);
   w.buf = const_cast<void*>(device_.zero_buffer());
-  w.region = nullptr;
-  w.user_data = s.req.user_data;
+  w.user_data = s.user_data;
+  s.expected = w.len;
   dq_->enqueue(slot, w);
 }
 
 void Queue::issue_flush_step(uint32_t slot) {
   Slot& s = slots_[slot];
   s.stage = kFinalFlush;
+  s.expected = 0;
   Request f{};
   f.op = Op::kFlush;
-  f.user_data = s.req.user_data;
+  f.user_data = s.user_data;
   dq_->enqueue(slot, f);
 }
 
 // A multi-step request finished one step.
 void Queue::advance(uint32_t slot, int res) {
   Slot& s = slots_[slot];
+  Staged& st = staged_[slot];
+  auto finish = [&](int ret) {
+    emit(s.user_data, ret, nullptr);
+    s.stage = 0;
+    release(slot);
+  };
   switch (s.stage) {
     case kReportZones:
-      emit(s.req.user_data, res, nullptr);
-      release(slot);
-      return;
+      return finish(res);
     case kFinalFlush:
-      emit(s.req.user_data, res < 0 ? res : 0, nullptr);
-      release(slot);
-      return;
+      return finish(res < 0 ? res : 0);
     case kNativeZeroes:
-      if (res == -EOPNOTSUPP && !(s.req.flags & kReqNoFallback)) {
+      if (res == -EOPNOTSUPP && !(st.req.flags & kReqNoFallback)) {
         s.stage = kZeroWrite;
-        s.done = 0;
-        issue_zero_chunk(slot);
-        return;
+        st.done = 0;
+        return issue_zero_chunk(slot);
       }
       break;
     case kZeroWrite:
       if (res >= 0) {
-        s.done += std::min<uint64_t>(zero_chunk_, s.req.len - s.done);
-        if (s.done < s.req.len) {
-          issue_zero_chunk(slot);
-          return;
-        }
+        st.done += std::min<uint64_t>(zero_chunk_, st.req.len - st.done);
+        if (st.done < st.req.len) return issue_zero_chunk(slot);
       }
       break;
     default:
       break;
   }
   // The data steps are over.
-  if (res < 0 || !s.flush_after) {
-    emit(s.req.user_data, res < 0 ? res : 0, nullptr);
-    release(slot);
-    return;
-  }
+  if (res < 0 || !s.flush_after) return finish(res < 0 ? res : 0);
   issue_flush_step(slot);
 }
 
 // ---- checks ----
 
-const char* Queue::check_range(uint64_t offset, uint64_t len) const {
-  if (misaligned(offset | len, lim_.request_align)) {
-    return "request start and length must be multiples of request-alignment";
+const char* Queue::rw_error(uint64_t offset, const void* buf, uint64_t len) const {
+  if ((offset | len) & lim_.req_mask) return "request start and length must be multiples of request-alignment";
+  if ((reinterpret_cast<uintptr_t>(buf) | len) & lim_.buf_mask) {
+    return "buffer address and length must be multiples of buf-alignment";
   }
+  if (len > lim_.max_len) return "request length exceeds max-transfer";
+  return "request is beyond the end of the device";
+}
+
+const char* Queue::check_range(uint64_t offset, uint64_t len) const {
+  if ((offset | len) & lim_.req_mask) return "request start and length must be multiples of request-alignment";
   if (offset > lim_.capacity || len > lim_.capacity - offset) return "request is beyond the end of the device";
   return nullptr;
 }
 
-const char* Queue::check_rw(uint64_t offset, const void* buf, size_t len) const {
-  if (misaligned(offset | len, lim_.request_align)) {
-    return "request start and length must be multiples of request-alignment";
-  }
-  if (misaligned(reinterpret_cast<uintptr_t>(buf) | len, lim_.buf_align)) {
-    return "buffer address and length must be multiples of buf-alignment";
-  }
-  if (lim_.max_transfer && len > lim_.max_transfer) return "request length exceeds max-transfer";
-  if (!lim_.can_grow && (offset > lim_.capacity || len > lim_.capacity - offset)) {
-    return "request is beyond the end of the device";
-  }
-  return nullptr;
-}
-
-const char* Queue::check_iov(uint64_t offset, const struct iovec* iov, int iovcnt, uint64_t& len) const {
+const char* Queue::check_iov(uint64_t offset, const struct iovec* iov, int iovcnt, uint64_t& len) {
   if (iovcnt < 0) return "iovcnt must be non-negative";
   if (iovcnt > lim_.max_segments) return "iovcnt exceeds max-segments";
   if (iovcnt > 0 && !iov) return "iovec must not be NULL";
   len = 0;
   for (int i = 0; i < iovcnt; i++) {
-    if (misaligned(reinterpret_cast<uintptr_t>(iov[i].iov_base) | iov[i].iov_len, lim_.buf_align)) {
+    if ((reinterpret_cast<uintptr_t>(iov[i].iov_base) | iov[i].iov_len) & lim_.buf_mask) {
       return "buffer address and length must be multiples of buf-alignment";
     }
     if (lim_.max_segment_len && iov[i].iov_len > lim_.max_segment_len) return "iovec exceeds max-segment-len";
-    if (lim_.needs_regions && !device_.regions().find(reinterpret_cast<uintptr_t>(iov[i].iov_base), iov[i].iov_len)) {
+    if (lim_.needs_regions && !lookup_region(iov[i].iov_base, iov[i].iov_len)) {
       return "buffer is not inside a mapped memory region";
     }
     len += iov[i].iov_len;
     if (len < iov[i].iov_len) return "request length overflows";
   }
-  if (misaligned(offset | len, lim_.request_align)) {
-    return "request start and length must be multiples of request-alignment";
-  }
-  if (lim_.max_transfer && len > lim_.max_transfer) return "request length exceeds max-transfer";
-  if (!lim_.can_grow && (offset > lim_.capacity || len > lim_.capacity - offset)) {
-    return "request is beyond the end of the device";
-  }
+  if (!rw_ok(offset, nullptr, len)) return rw_error(offset, nullptr, len);
   return nullptr;
 }
 
-const char* Queue::check_write_flags(uint32_t flags) const {
-  if (flags & ~kReqAllFlags) return kErrFlags;
-  if (flags & (kReqNoUnmap | kReqNoFallback)) return kErrZeroFlags;
-  return nullptr;
-}
-
-const MappedRegion* Queue::lookup_region(const void* buf, size_t len, bool* missing) const {
-  const RegionTable& t = device_.regions();
-  if (t.empty()) {
-    *missing = lim_.needs_regions;
+const MappedRegion* Queue::lookup_region_slow(const RegionTable* t, uintptr_t addr, size_t len) {
+  if (t->empty() && !lim_.needs_regions) {
+    // Nothing is mapped: remember that, for every address.
+    hint_table_ = t;
+    hint_ = nullptr;
+    hint_begin_ = 0;
+    hint_len_ = UINTPTR_MAX;
     return nullptr;
   }
-  const MappedRegion* r = t.find(reinterpret_cast<uintptr_t>(buf), len);
-  *missing = !r && lim_.needs_regions;
+  const MappedRegion* r = t->find(addr, len);
+  if (r) {
+    hint_table_ = t;
+    hint_ = r;
+    hint_begin_ = r->begin;
+    hint_len_ = r->end - r->begin;
+  }
   return r;
 }
 
+namespace {
+inline const char* flags_error(uint32_t flags) {
+  return (flags & ~kReqAllFlags) ? kErrFlags : (flags & kReqFua) ? kErrFua : kErrZeroFlags;
+}
+}  // namespace
+
 // ---- requests ----
 
+inline void Queue::rw_fast(Op op, uint64_t offset, void* buf, uint64_t len, void* user_data, uint32_t flags) {
+  const RegionTable* t = regions_->load(std::memory_order_acquire);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(buf);
+  const uint64_t slot = free_head_;
+  // Flags other than FUA-on-a-native-FUA-write, a write to a read-only
+  // device, a buffer outside the region hint, or no free slot: all take the
+  // slow path.
+  const uint32_t allowed = op == Op::kWrite ? fast_write_flags_ : 0;
+  if ((flags & ~allowed) || (op == Op::kWrite && lim_.read_only) || !rw_ok(offset, buf, len) || t != hint_table_ ||
+      a - hint_begin_ > hint_len_ || len > hint_len_ - (a - hint_begin_) || slot == UINT32_MAX) [[unlikely]] {
+    return rw_slow(op, offset, buf, len, user_data, flags);
+  }
+  Slot& s = slots_[slot];
+  free_head_ = s.next_free;
+  ++pending_;
+  s.user_data = user_data;
+  s.expected = len;
+  dq_->enqueue_rw(RwTag::make(static_cast<uint32_t>(slot), op, flags), offset, buf, len, hint_);
+}
+
 void Queue::read(uint64_t offset, void* buf, size_t len, void* user_data, uint32_t flags) {
-  if (flags) [[unlikely]] return fail(user_data, -EINVAL, (flags & ~kReqAllFlags) ? kErrFlags : (flags & kReqFua) ? kErrFua : kErrZeroFlags);
-  if (const char* e = check_rw(offset, buf, len)) [[unlikely]] return fail(user_data, -EINVAL, e);
-  bool missing;
-  const MappedRegion* region = lookup_region(buf, len, &missing);
-  if (missing) [[unlikely]] return fail(user_data, -EFAULT, "buffer is not inside a mapped memory region");
+  rw_fast(Op::kRead, offset, buf, len, user_data, flags);
+}
+
+void Queue::write(uint64_t offset, const void* buf, size_t len, void* user_data, uint32_t flags) {
+  rw_fast(Op::kWrite, offset, const_cast<void*>(buf), len, user_data, flags);
+}
+
+void Queue::rw_slow(Op op, uint64_t offset, void* buf, uint64_t len, void* user_data, uint32_t flags) {
+  const bool write = op == Op::kWrite;
+  if (write && lim_.read_only) return fail(user_data, -EBADF, kErrReadOnly);
+  const uint32_t allowed = write ? kReqFua : 0;
+  if (flags & ~allowed) return fail(user_data, -EINVAL, flags_error(flags & ~allowed));
+  if (!rw_ok(offset, buf, len)) return fail(user_data, -EINVAL, rw_error(offset, buf, len));
+  const MappedRegion* region = lookup_region(buf, len);
+  if (lim_.needs_regions && !region) return fail(user_data, -EFAULT, "buffer is not inside a mapped memory region");
   Request r;
-  r.op = Op::kRead;
-  r.flags = 0;
+  r.op = op;
+  r.flags = flags;
   r.offset = offset;
   r.len = len;
   r.buf = buf;
   r.iovcnt = 0;
   r.region = region;
   r.user_data = user_data;
+  if (write && (flags & kReqFua) && !lim_.fua_native) {
+    r.flags = 0;
+    return submit(r, kDataStep, true);
+  }
   submit(r, kDirect, false);
 }
 
-void Queue::write(uint64_t offset, const void* buf, size_t len, void* user_data, uint32_t flags) {
-  if (lim_.read_only) [[unlikely]] return fail(user_data, -EBADF, kErrReadOnly);
-  if (flags & ~kReqFua) [[unlikely]] return fail(user_data, -EINVAL, check_write_flags(flags));
-  if (const char* e = check_rw(offset, buf, len)) [[unlikely]] return fail(user_data, -EINVAL, e);
-  bool missing;
-  const MappedRegion* region = lookup_region(buf, len, &missing);
-  if (missing) [[unlikely]] return fail(user_data, -EFAULT, "buffer is not inside a mapped memory region");
-  bool emulate = (flags & kReqFua) && !lim_.fua_native;
-  Request r;
-  r.op = Op::kWrite;
-  r.flags = emulate ? 0 : flags;
-  r.offset = offset;
-  r.len = len;
-  r.buf = const_cast<void*>(buf);
-  r.iovcnt = 0;
-  r.region = region;
-  r.user_data = user_data;
-  submit(r, emulate ? kDataStep : kDirect, emulate);
-}
-
 void Queue::readv(uint64_t offset, const struct iovec* iov, int iovcnt, void* user_data, uint32_t flags) {
-  if (flags) [[unlikely]] return fail(user_data, -EINVAL, (flags & ~kReqAllFlags) ? kErrFlags : (flags & kReqFua) ? kErrFua : kErrZeroFlags);
+  if (flags) [[unlikely]] return fail(user_data, -EINVAL, flags_error(flags));
   uint64_t len;
   if (const char* e = check_iov(offset, iov, iovcnt, len)) [[unlikely]] return fail(user_data, -EINVAL, e);
   Request r{};
@@ -342,7 +346,7 @@ void Queue::readv(uint64_t offset, const struct iovec* iov, int iovcnt, void* us
 
 void Queue::writev(uint64_t offset, const struct iovec* iov, int iovcnt, void* user_data, uint32_t flags) {
   if (lim_.read_only) [[unlikely]] return fail(user_data, -EBADF, kErrReadOnly);
-  if (flags & ~kReqFua) [[unlikely]] return fail(user_data, -EINVAL, check_write_flags(flags));
+  if (flags & ~kReqFua) [[unlikely]] return fail(user_data, -EINVAL, flags_error(flags & ~kReqFua));
   uint64_t len;
   if (const char* e = check_iov(offset, iov, iovcnt, len)) [[unlikely]] return fail(user_data, -EINVAL, e);
   bool emulate = (flags & kReqFua) && !lim_.fua_native;
@@ -384,7 +388,7 @@ void Queue::write_zeroes(uint64_t offset, uint64_t len, void* user_data, uint32_
 
 void Queue::discard(uint64_t offset, uint64_t len, void* user_data, uint32_t flags) {
   if (lim_.read_only) return fail(user_data, -EBADF, kErrReadOnly);
-  if (flags) return fail(user_data, -EINVAL, (flags & ~kReqAllFlags) ? kErrFlags : (flags & kReqFua) ? kErrFua : kErrZeroFlags);
+  if (flags) return fail(user_data, -EINVAL, flags_error(flags));
   if (!lim_.supports_discard) return fail(user_data, -ENOTSUP, "discard is not supported by this device");
   if (const char* e = check_range(offset, len)) return fail(user_data, -EINVAL, e);
   if (lim_.discard_align > 1 &&
@@ -403,7 +407,7 @@ void Queue::discard(uint64_t offset, uint64_t len, void* user_data, uint32_t fla
 }
 
 void Queue::flush(void* user_data, uint32_t flags) {
-  if (flags) return fail(user_data, -EINVAL, (flags & ~kReqAllFlags) ? kErrFlags : (flags & kReqFua) ? kErrFua : kErrZeroFlags);
+  if (flags) return fail(user_data, -EINVAL, flags_error(flags));
   Request r{};
   r.op = Op::kFlush;
   r.user_data = user_data;
@@ -454,7 +458,7 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
   if (min_completions > max_completions) {
     return last_error_ = "min_completions must be less than or equal to max_completions", -EINVAL;
   }
-  if (static_cast<unsigned>(min_completions) > pending_) {
+  if (static_cast<uint64_t>(min_completions) > pending_) {
     return last_error_ = "min_completions is larger than total outstanding requests", -EINVAL;
   }
   if (max_completions > 0 && !out) return last_error_ = "completions must not be NULL", -EINVAL;
@@ -470,14 +474,15 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
 
   out_ = out;
   out_n_ = 0;
-  out_max_ = max_completions;
+  out_max_ = static_cast<uint64_t>(max_completions);
   in_do_io_ = true;
   drain_ready();
-  int r = dq_->process(*this, static_cast<unsigned>(max_completions - out_n_), 0, nullptr, nullptr);
+  const auto min_n = static_cast<uint64_t>(min_completions);
+  int r = dq_->process(*this, static_cast<unsigned>(out_max_ - out_n_), 0, nullptr, nullptr);
   for (;;) {
     if (r < 0) break;
     drain_ready();
-    if (out_n_ >= min_completions) break;
+    if (out_n_ >= min_n) break;
     timespec rel{};
     if (timeout) {
       timespec now;
@@ -488,8 +493,8 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
         break;
       }
     }
-    r = dq_->process(*this, static_cast<unsigned>(max_completions - out_n_),
-                     static_cast<unsigned>(min_completions - out_n_), timeout ? &rel : nullptr, sig);
+    r = dq_->process(*this, static_cast<unsigned>(out_max_ - out_n_), static_cast<unsigned>(min_n - out_n_),
+                     timeout ? &rel : nullptr, sig);
     if (r == -EINTR && !interruptible) r = 0;
   }
   in_do_io_ = false;
@@ -502,7 +507,7 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
     *timeout = ts_positive(left) ? left : timespec{0, 0};
   }
   if (r < 0) {
-    unget(out_n_);
+    unget(static_cast<int>(out_n_));
     out_n_ = 0;
     last_error_ = r == -ETIME ? "timed out waiting for completions"
                   : r == -EINTR ? "interrupted by a signal"
@@ -510,9 +515,9 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
     if (fd_enabled_ && ready_head_ < ready_.size()) dq_->notify();
     return r;
   }
-  pending_ -= static_cast<unsigned>(out_n_);
+  pending_ -= out_n_;
   if (fd_enabled_ && ready_head_ < ready_.size()) dq_->notify();
-  return out_n_;
+  return static_cast<int>(out_n_);
 }
 
 }  // namespace blkstack

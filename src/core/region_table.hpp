@@ -14,7 +14,8 @@ struct MappedRegion {
   MemRegion desc;         // exactly as the application mapped it
   uintptr_t begin = 0;    // desc.addr
   uintptr_t end = 0;      // desc.addr + desc.len
-  int driver_index = -1;  // the driver's handle (io_uring: fixed-buffer index)
+  int driver_slot = -1;   // the driver's own bookkeeping handle
+  int driver_index = -1;  // what queues may use (io_uring: fixed-buffer index; -1 if any queue cannot)
   uint64_t driver_addr = 0;  // the driver's address for begin (vhost-user: guest address)
 };
 

@@ -205,27 +205,27 @@ Status IoUringDriver::map_region(MappedRegion& r) {
   auto it = std::find(fixed_used_.begin(), fixed_used_.end(), false);
   if (it == fixed_used_.end()) return {};  // no slot left: plain opcodes for this one
   *it = true;
-  r.driver_index = static_cast<int>(it - fixed_used_.begin());
+  r.driver_slot = r.driver_index = static_cast<int>(it - fixed_used_.begin());
   return {};
 }
 
 void IoUringDriver::unmap_region(const MappedRegion& r) {
-  if (r.driver_index >= 0 && static_cast<size_t>(r.driver_index) < fixed_used_.size()) {
-    fixed_used_[static_cast<size_t>(r.driver_index)] = false;
+  if (r.driver_slot >= 0 && static_cast<size_t>(r.driver_slot) < fixed_used_.size()) {
+    fixed_used_[static_cast<size_t>(r.driver_slot)] = false;
   }
 }
 
-Result<Driver::Extent> IoUringDriver::extent_at(uint64_t offset, uint64_t len) {
-  if (target_.is_block) return Extent{len, false};
+Result<AllocationExtent> IoUringDriver::extent_at(uint64_t offset, uint64_t len) {
+  if (target_.is_block) return AllocationExtent{len, false};
   off_t data = ::lseek(target_.fd, static_cast<off_t>(offset), SEEK_DATA);
   if (data < 0) {
-    if (errno == ENXIO) return Extent{len, true};  // only a hole from here to the end
-    return Extent{len, false};                     // cannot tell: call it data
+    if (errno == ENXIO) return AllocationExtent{len, true};  // only a hole from here to the end
+    return AllocationExtent{len, false};                     // cannot tell: call it data
   }
-  if (static_cast<uint64_t>(data) > offset) return Extent{std::min<uint64_t>(len, static_cast<uint64_t>(data) - offset), true};
+  if (static_cast<uint64_t>(data) > offset) return AllocationExtent{std::min<uint64_t>(len, static_cast<uint64_t>(data) - offset), true};
   off_t hole = ::lseek(target_.fd, static_cast<off_t>(offset), SEEK_HOLE);
-  if (hole < 0 || static_cast<uint64_t>(hole) <= offset) return Extent{len, false};
-  return Extent{std::min<uint64_t>(len, static_cast<uint64_t>(hole) - offset), false};
+  if (hole < 0 || static_cast<uint64_t>(hole) <= offset) return AllocationExtent{len, false};
+  return AllocationExtent{std::min<uint64_t>(len, static_cast<uint64_t>(hole) - offset), false};
 }
 
 }  // namespace blkstack

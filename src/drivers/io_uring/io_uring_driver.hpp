@@ -30,7 +30,7 @@ class IoUringDriver final : public Driver {
   Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) override;
   Status map_region(MappedRegion& r) override;
   void unmap_region(const MappedRegion& r) override;
-  Result<Extent> extent_at(uint64_t offset, uint64_t len) override;
+  Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len) override;
 
  private:
   friend struct IoUringProperties;

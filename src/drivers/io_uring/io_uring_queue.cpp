@@ -26,6 +26,8 @@ Status IoUringQueue::init(unsigned entries) {
     return s;
   }
   io_uring* ring = ring_.get();
+  sq_entries_ = ring->sq.ring_entries;
+  sq_mask_ = ring->sq.ring_mask;
 
   sqe_fd_ = target_.fd;
   if (io_uring_register_files(ring, &target_.fd, 1) == 0) {
@@ -33,7 +35,7 @@ Status IoUringQueue::init(unsigned entries) {
     sqe_flags_ = IOSQE_FIXED_FILE;
   }
   fixed_buffers_ = io_uring_register_buffers_sparse(ring, kMaxFixedBuffers) == 0;
-  fixed_ok_.assign(kMaxFixedBuffers, 0);
+  registered_.assign(kMaxFixedBuffers, 0);
 
   if (!poll_) {
     event_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -44,7 +46,6 @@ Status IoUringQueue::init(unsigned entries) {
     // toggle keep signalling, which counts as spurious wakeups.
     io_uring_cq_eventfd_toggle(ring, false);
   }
-  inflight_.resize(64);
   return {};
 }
 
@@ -58,20 +59,27 @@ void IoUringQueue::notify() {
   if (event_fd_.valid()) eventfd_write(event_fd_.get(), 1);
 }
 
-Status IoUringQueue::map_region(const MappedRegion& r) {
-  if (!fixed_buffers_ || r.driver_index < 0) return {};
+Status IoUringQueue::map_region(MappedRegion& r) {
+  if (r.driver_index < 0) return {};
   iovec iov{r.desc.addr, r.desc.len};
-  // Memory the kernel will not pin still works, through the plain opcodes.
-  int ret = io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_index), &iov, nullptr, 1);
-  fixed_ok_[static_cast<size_t>(r.driver_index)] = ret == 1;
+  int ret = fixed_buffers_ ? io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_index),
+                                                                  &iov, nullptr, 1)
+                           : -EOPNOTSUPP;
+  if (ret == 1) {
+    registered_[static_cast<size_t>(r.driver_index)] = 1;
+  } else {
+    // Memory the kernel will not pin still works, through the plain
+    // opcodes, on every queue.
+    r.driver_index = -1;
+  }
   return {};
 }
 
 void IoUringQueue::unmap_region(const MappedRegion& r) {
-  if (!fixed_buffers_ || r.driver_index < 0 || !fixed_ok_[static_cast<size_t>(r.driver_index)]) return;
+  if (r.driver_slot < 0 || !registered_[static_cast<size_t>(r.driver_slot)]) return;
   iovec iov{nullptr, 0};
-  io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_index), &iov, nullptr, 1);
-  fixed_ok_[static_cast<size_t>(r.driver_index)] = 0;
+  io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_slot), &iov, nullptr, 1);
+  registered_[static_cast<size_t>(r.driver_slot)] = 0;
 }
 
 int IoUringQueue::submit() {
@@ -79,201 +87,256 @@ int IoUringQueue::submit() {
   return io_uring_submit(ring_.get());
 }
 
-io_uring_sqe* IoUringQueue::next_sqe() {
-  io_uring_sqe* sqe = io_uring_get_sqe(ring_.get());
-  while (!sqe) [[unlikely]] {
+io_uring_sqe* IoUringQueue::sqe_slow() {
+  io_uring_sqe* s = io_uring_get_sqe(ring_.get());
+  while (!s) {
     // More requests queued than the ring holds: hand the full ring over.
-    int r = submit();
-    if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) return nullptr;
-    sqe = io_uring_get_sqe(ring_.get());
+    submit();
+    s = io_uring_get_sqe(ring_.get());
   }
-  return sqe;
+  return s;
+}
+
+namespace {
+
+// Every field of a read/write SQE, written once (liburing's prep helpers
+// write several twice; this is the hottest code in the driver).
+inline void fill_rw(io_uring_sqe* s, uint8_t opcode, uint8_t flags, int fd, const void* buf, uint32_t len,
+                    uint64_t off, uint32_t rw_flags, uint16_t buf_index, uint64_t user_data) {
+  s->opcode = opcode;
+  s->flags = flags;
+  s->ioprio = 0;
+  s->fd = fd;
+  s->off = off;
+  s->addr = reinterpret_cast<uint64_t>(buf);
+  s->len = len;
+  s->rw_flags = static_cast<__kernel_rwf_t>(rw_flags);
+  s->user_data = user_data;
+  s->buf_index = buf_index;
+  s->personality = 0;
+  s->file_index = 0;
+  s->addr3 = 0;
+  s->__pad2[0] = 0;
+}
+
+static_assert(IORING_OP_WRITE_FIXED == IORING_OP_READ_FIXED + 1 && IORING_OP_WRITE == IORING_OP_READ + 1);
+static_assert(kReqFua == 1 && RWF_DSYNC == 2);
+
+}  // namespace
+
+// The hot path: a read or write into a free SQE, every field written once.
+// A ring that looks full, or a huge request, takes the tracked path.
+void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
+  io_uring_sq& sq = ring_.get()->sq;
+  const unsigned tail = sq.sqe_tail;
+  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk) [[unlikely]] {
+    return enqueue_rw_slow(tag, offset, buf, len, region);
+  }
+  sq.sqe_tail = tail + 1;
+  const unsigned write = tag.op() == Op::kWrite;
+  const int fixed = region ? region->driver_index : -1;
+  uint8_t opcode;
+  uint16_t buf_index = 0;
+  if (fixed >= 0) {
+    stats_.fixed_buffer_ops++;
+    opcode = static_cast<uint8_t>(IORING_OP_READ_FIXED + write);
+    buf_index = static_cast<uint16_t>(fixed);
+  } else {
+    stats_.plain_ops++;
+    opcode = static_cast<uint8_t>(IORING_OP_READ + write);
+  }
+  fill_rw(&sq.sqes[tail & sq_mask_], opcode, sqe_flags_, sqe_fd_, buf, static_cast<uint32_t>(len), offset,
+          (tag.flags() & kReqFua) << 1, buf_index, tag.slot());
+}
+
+IoUringQueue::Tracked& IoUringQueue::track(uint32_t slot, const Request& req) {
+  if (slot >= tracked_.size()) tracked_.resize(std::max<size_t>(slot + 1, tracked_.size() * 2));
+  Tracked& t = tracked_[slot];
+  t.req = req;
+  t.done = 0;
+  t.result = 0;
+  t.zero_step = 0;
+  t.zero_mode = 0;
+  return t;
+}
+
+// Reads and writes on the tracked path (also the rest of a short one).
+void IoUringQueue::issue_data(uint32_t slot, Tracked& t) {
+  const Request& r = t.req;
+  const bool write = r.op == Op::kWrite;
+  const auto len = static_cast<uint32_t>(std::min(r.len - t.done, kMaxChunk));
+  const int fixed = r.region ? r.region->driver_index : -1;
+  io_uring_sqe* s = sqe();
+  if (fixed >= 0) {
+    stats_.fixed_buffer_ops++;
+    fill_rw(s, write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe_flags_, sqe_fd_,
+            static_cast<char*>(r.buf) + t.done, len, r.offset + t.done, (r.flags & kReqFua) << 1,
+            static_cast<uint16_t>(fixed), kTracked | slot);
+  } else {
+    stats_.plain_ops++;
+    fill_rw(s, write ? IORING_OP_WRITE : IORING_OP_READ, sqe_flags_, sqe_fd_, static_cast<char*>(r.buf) + t.done, len,
+            r.offset + t.done, (r.flags & kReqFua) << 1, 0, kTracked | slot);
+  }
+}
+
+// A step settled before submission still completes through the ring (a NOP
+// carries it), so completions keep one path and the completion fd fires.
+void IoUringQueue::settle(uint32_t slot, int result) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_nop(s);
+  s->user_data = kSaved | slot;
+  tracked_[slot].result = result;
 }
 
 void IoUringQueue::enqueue(uint32_t slot, const Request& req) {
-  if (slot >= inflight_.size()) [[unlikely]] inflight_.resize(std::max<size_t>(slot + 1, inflight_.size() * 2));
-  ++in_flight_;
-  InFlight& f = inflight_[slot];
-  f.zero_step = 0;
-  f.flags = req.flags;
-  f.offset = req.offset;
-  f.len = req.len;
-  f.done = 0;
-  f.fixed = -1;
+  sq_head_ = io_uring_smp_load_acquire(ring_.get()->sq.khead);
+  Tracked& t = track(slot, req);
+  io_uring_sqe* s;
   switch (req.op) {
     case Op::kRead:
     case Op::kWrite:
-      f.kind = Kind::kData;
-      f.write = req.op == Op::kWrite;
-      f.buf = static_cast<char*>(req.buf);
-      if (req.region && req.region->driver_index >= 0 && fixed_ok_[static_cast<size_t>(req.region->driver_index)]) {
-        f.fixed = req.region->driver_index;
-      }
-      break;
+      return issue_data(slot, t);
     case Op::kReadv:
     case Op::kWritev:
-      f.kind = Kind::kVectored;
-      f.write = req.op == Op::kWritev;
-      f.iov = req.iov;
-      f.iovcnt = req.iovcnt;
-      break;
-    case Op::kWriteZeroes:
-      f.kind = poll_ ? Kind::kSaved : Kind::kZeroes;
-      break;
-    case Op::kFlush:
-    case Op::kDiscard:
-      f.kind = poll_ ? Kind::kSaved : Kind::kPlain;
-      f.write = req.op == Op::kDiscard;
-      break;
-    default:
-      f.kind = Kind::kSaved;  // zones: this driver has none
-      break;
-  }
-  if (f.kind == Kind::kSaved) return issue_saved(slot, f, -EOPNOTSUPP);
-  if (req.op == Op::kDiscard && target_.is_block) {
-    // No ring opcode for block-device discard before Linux 6.12's uring_cmd;
-    // the ioctl is quick and happens here.
-    uint64_t range[2] = {f.offset, f.len};
-    return issue_saved(slot, f, ::ioctl(target_.fd, BLKDISCARD, range) < 0 ? -errno : 0);
-  }
-  issue(slot, f);
-}
-
-// A request finished before submission still completes through the ring (a
-// NOP), so completions keep one path and the completion fd fires as usual.
-void IoUringQueue::issue_saved(uint32_t slot, InFlight& f, int result) {
-  f.kind = Kind::kSaved;
-  f.done = static_cast<uint64_t>(static_cast<int64_t>(result));
-  io_uring_sqe* sqe = next_sqe();
-  io_uring_prep_nop(sqe);
-  sqe->user_data = slot;
-}
-
-void IoUringQueue::prep_data(io_uring_sqe* sqe, const InFlight& f) {
-  if (f.kind == Kind::kVectored) {
-    if (f.write) {
-      io_uring_prep_writev(sqe, sqe_fd_, f.iov, static_cast<unsigned>(f.iovcnt), f.offset);
-    } else {
-      io_uring_prep_readv(sqe, sqe_fd_, f.iov, static_cast<unsigned>(f.iovcnt), f.offset);
-    }
-  } else {
-    char* buf = f.buf + f.done;
-    auto len = static_cast<unsigned>(std::min<uint64_t>(f.len - f.done, 1u << 30));
-    uint64_t off = f.offset + f.done;
-    if (f.fixed >= 0) {
-      stats_.fixed_buffer_ops++;
-      if (f.write) {
-        io_uring_prep_write_fixed(sqe, sqe_fd_, buf, len, off, f.fixed);
+      s = sqe();
+      if (req.op == Op::kWritev) {
+        io_uring_prep_writev(s, sqe_fd_, req.iov, static_cast<unsigned>(req.iovcnt), req.offset);
       } else {
-        io_uring_prep_read_fixed(sqe, sqe_fd_, buf, len, off, f.fixed);
+        io_uring_prep_readv(s, sqe_fd_, req.iov, static_cast<unsigned>(req.iovcnt), req.offset);
       }
-    } else if (f.write) {
-      stats_.plain_ops++;
-      io_uring_prep_write(sqe, sqe_fd_, buf, len, off);
-    } else {
-      stats_.plain_ops++;
-      io_uring_prep_read(sqe, sqe_fd_, buf, len, off);
-    }
+      if (req.flags & kReqFua) s->rw_flags = RWF_DSYNC;
+      s->flags = sqe_flags_;
+      s->user_data = kTracked | slot;
+      return;
+    case Op::kFlush:
+      if (poll_) return settle(slot, -EOPNOTSUPP);  // polled rings cannot fsync
+      s = sqe();
+      io_uring_prep_fsync(s, sqe_fd_, IORING_FSYNC_DATASYNC);
+      s->flags = sqe_flags_;
+      s->user_data = kTracked | slot;
+      return;
+    case Op::kWriteZeroes:
+      if (poll_) return settle(slot, -EOPNOTSUPP);
+      return issue_zeroes(slot, t);
+    case Op::kDiscard:
+      if (poll_) return settle(slot, -EOPNOTSUPP);
+      if (target_.is_block) {
+        // No ring opcode for block-device discard before Linux 6.12's
+        // uring_cmd; the ioctl is quick and happens here.
+        uint64_t range[2] = {req.offset, req.len};
+        return settle(slot, ::ioctl(target_.fd, BLKDISCARD, range) < 0 ? -errno : 0);
+      }
+      s = sqe();
+      io_uring_prep_fallocate(s, sqe_fd_, kPunch, req.offset, req.len);
+      s->flags = sqe_flags_;
+      s->user_data = kTracked | slot;
+      return;
+    default:
+      return settle(slot, -EOPNOTSUPP);  // zones: none here
   }
-  if (f.flags & kReqFua) sqe->rw_flags = RWF_DSYNC;
-  sqe->flags |= sqe_flags_;
 }
 
 // Write-zeroes tries fallocate modes in order of preference. On a block
 // device PUNCH_HOLE means "zero, may unmap, never fall back to writing" and
 // ZERO_RANGE "zero, keep allocated, the kernel may write zeroes itself".
 // Returns 0 when no mode is left.
-int IoUringQueue::zero_mode(const InFlight& f) const {
+int IoUringQueue::zero_mode(uint32_t flags, unsigned step) const {
   int modes[2];
-  int n = 0;
-  if (!(f.flags & kReqNoUnmap) && punch_hole_works_) modes[n++] = kPunch;
-  if (zero_range_works_ && !(target_.is_block && (f.flags & kReqNoFallback))) modes[n++] = kZeroRange;
-  return f.zero_step < n ? modes[f.zero_step] : 0;
+  unsigned n = 0;
+  if (!(flags & kReqNoUnmap) && punch_hole_works_) modes[n++] = kPunch;
+  if (zero_range_works_ && !(target_.is_block && (flags & kReqNoFallback))) modes[n++] = kZeroRange;
+  return step < n ? modes[step] : 0;
 }
 
-void IoUringQueue::issue(uint32_t slot, InFlight& f) {
-  if (f.kind == Kind::kZeroes) {
-    int mode = zero_mode(f);
-    if (!mode) return issue_saved(slot, f, -EOPNOTSUPP);
-    f.done = static_cast<uint64_t>(mode);
-    io_uring_sqe* sqe = next_sqe();
-    io_uring_prep_fallocate(sqe, sqe_fd_, mode, f.offset, f.len);
-    sqe->flags |= sqe_flags_;
-    sqe->user_data = slot;
-    return;
-  }
-  io_uring_sqe* sqe = next_sqe();
-  if (f.kind == Kind::kPlain) {
-    if (f.write) {
-      io_uring_prep_fallocate(sqe, sqe_fd_, kPunch, f.offset, f.len);  // discard on a file
-    } else {
-      io_uring_prep_fsync(sqe, sqe_fd_, IORING_FSYNC_DATASYNC);
-    }
-    sqe->flags |= sqe_flags_;
-  } else {
-    prep_data(sqe, f);
-  }
-  sqe->user_data = slot;
+void IoUringQueue::issue_zeroes(uint32_t slot, Tracked& t) {
+  int mode = zero_mode(t.req.flags, t.zero_step);
+  if (!mode) return settle(slot, -EOPNOTSUPP);
+  t.zero_mode = mode;
+  io_uring_sqe* s = sqe();
+  io_uring_prep_fallocate(s, sqe_fd_, mode, t.req.offset, t.req.len);
+  s->flags = sqe_flags_;
+  s->user_data = kTracked | slot;
 }
 
-void IoUringQueue::on_cqe(Queue& owner, uint32_t slot, int res) {
-  InFlight& f = inflight_[slot];
-  switch (f.kind) {
-    case Kind::kData:
-      if (res >= 0 && static_cast<uint64_t>(res) != f.len - f.done) [[unlikely]] {
-        if (res == 0) {
-          if (f.write) return finish(owner, slot, -EIO);
-          // The file shrank under us: what is gone reads as zeroes.
-          std::memset(f.buf + f.done, 0, f.len - f.done);
-          return finish(owner, slot, 0);
-        }
-        f.done += static_cast<uint64_t>(res);  // a short transfer: continue it
-        return issue(slot, f);
+void IoUringQueue::on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, int res) {
+  if (!(user_data & (kTracked | kSaved))) {
+    // A fast-path read or write that did not move every byte. Regular files
+    // and block devices only fall short at the end of the file, which the
+    // contract layer's range check rules out unless the file shrank under
+    // us: report that as an I/O error.
+    return owner.complete(slot, res < 0 ? res : -EIO);
+  }
+  Tracked& t = tracked_[slot];
+  if (user_data & kSaved) return owner.complete(slot, t.result);
+  const Request& r = t.req;
+  switch (r.op) {
+    case Op::kRead:
+    case Op::kWrite:
+      if (res < 0) return owner.complete(slot, res);
+      if (res == 0) {
+        if (r.op == Op::kWrite) return owner.complete(slot, -EIO);
+        // The file shrank under us: what is gone reads as zeroes.
+        std::memset(static_cast<char*>(r.buf) + t.done, 0, r.len - t.done);
+        return owner.complete(slot, 0);
       }
-      return finish(owner, slot, res);
-    case Kind::kVectored:
+      t.done += static_cast<uint64_t>(res);
+      if (t.done >= r.len) return owner.complete(slot, 0);
+      return issue_data(slot, t);  // a short or chunked transfer: continue it
+    case Op::kReadv:
+    case Op::kWritev:
       // A short vectored transfer only happens when the file shrank.
-      if (res >= 0 && static_cast<uint64_t>(res) != f.len) return finish(owner, slot, -EIO);
-      return finish(owner, slot, res);
-    case Kind::kZeroes:
+      return owner.complete(slot, res < 0 ? res : static_cast<uint64_t>(res) == r.len ? 0 : -EIO);
+    case Op::kWriteZeroes:
       if (res == -EOPNOTSUPP || (res == -EINVAL && !target_.is_block)) {
-        (f.done == kPunch ? punch_hole_works_ : zero_range_works_) = false;
-        f.zero_step++;
-        return issue(slot, f);
+        (t.zero_mode == kPunch ? punch_hole_works_ : zero_range_works_) = false;
+        t.zero_step++;
+        return issue_zeroes(slot, t);
       }
-      return finish(owner, slot, res);
-    case Kind::kSaved:
-      return finish(owner, slot, static_cast<int>(static_cast<int64_t>(f.done)));
-    case Kind::kPlain:
-      return finish(owner, slot, res);
+      return owner.complete(slot, res);
+    default:
+      return owner.complete(slot, res);
   }
 }
 
-bool IoUringQueue::kernel_has_work() const {
-  if (in_flight_ == 0) return false;
+bool IoUringQueue::kernel_has_work(const Queue& owner) const {
+  if (owner.outstanding() == 0) return false;
   // Completions may wait in task work (COOP_TASKRUN) or the overflow list
   // until we enter the kernel; polled rings complete only when polled.
   unsigned kflags = IO_URING_READ_ONCE(*ring_.get()->sq.kflags);
   return poll_ || (kflags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW));
 }
 
-int IoUringQueue::reap(Queue& owner, unsigned budget) {
-  io_uring* ring = ring_.get();
+unsigned IoUringQueue::reap(Queue& owner, unsigned budget) {
+  io_uring_cq& cq = ring_.get()->cq;
+  const io_uring_cqe* const cqes = cq.cqes;
+  const unsigned mask = cq.ring_mask;
+  unsigned head = *cq.khead;
   unsigned n = 0;
+  Queue::Completer fast(owner);
   while (n < budget) {
-    unsigned head;
-    io_uring_cqe* cqe;
-    unsigned seen = 0;
-    io_uring_for_each_cqe(ring, head, cqe) {
-      if (n + seen == budget) break;
-      seen++;
-      on_cqe(owner, static_cast<uint32_t>(cqe->user_data), cqe->res);
+    const unsigned tail = io_uring_smp_load_acquire(cq.ktail);
+    if (head == tail) break;
+    const unsigned end = head + std::min(tail - head, budget - n);
+    n += end - head;
+    for (; head != end; head++) {
+      const io_uring_cqe& cqe = cqes[head & mask];
+      const uint64_t ud = cqe.user_data;
+      const int res = cqe.res;
+      const auto slot = static_cast<uint32_t>(ud);
+      // The common case: a fast-path read or write that moved every byte.
+      // Anything tagged, short, failed, or not directly completable goes
+      // the careful way.
+      if (ud <= UINT32_MAX && static_cast<uint64_t>(static_cast<int64_t>(res)) == fast.expected(slot) &&
+          fast.complete_ok(slot)) [[likely]] {
+      } else {
+        fast.flush();
+        on_cqe_slow(owner, slot, ud, res);
+        fast.reload();
+      }
     }
-    if (seen == 0) break;
-    io_uring_cq_advance(ring, seen);
-    n += seen;
+    io_uring_smp_store_release(cq.khead, head);
   }
-  return static_cast<int>(n);
+  return n;
 }
 
 int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
@@ -292,19 +355,19 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
     if (r < 0) err = r;
   } else if (io_uring_sq_ready(ring) > 0) {
     stats_.submit_calls++;
-    int r = budget > 0 && kernel_has_work() ? io_uring_submit_and_get_events(ring) : io_uring_submit(ring);
+    int r = budget > 0 && kernel_has_work(owner) ? io_uring_submit_and_get_events(ring) : io_uring_submit(ring);
     if (r < 0) err = r;
-  } else if (budget > 0 && kernel_has_work()) {
+  } else if (budget > 0 && kernel_has_work(owner)) {
     io_uring_get_events(ring);
   }
-  int n = budget ? reap(owner, budget) : 0;
+  unsigned n = budget ? reap(owner, budget) : 0;
   // Follow-up steps queued while reaping must reach the kernel now: the
   // caller may next wait on the completion fd rather than call us.
   if (io_uring_sq_ready(ring) > 0) submit();
   // Completions left behind for lack of room would otherwise go unnoticed by
   // an event-driven caller that has already consumed the eventfd.
-  if (fd_enabled_ && budget > 0 && n == static_cast<int>(budget) && io_uring_cq_ready(ring) > 0) notify();
-  if (n > 0) return n;
+  if (fd_enabled_ && budget > 0 && n == budget && io_uring_cq_ready(ring) > 0) notify();
+  if (n > 0) return static_cast<int>(n);
   if (err == -ETIME || err == -EINTR) return err;
   return (err < 0 && err != -EAGAIN && err != -EBUSY) ? err : 0;
 }

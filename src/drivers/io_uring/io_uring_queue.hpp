@@ -16,54 +16,52 @@ class IoUringQueue final : public DriverQueue {
   IoUringQueue(const IoUringTarget& target, bool poll) : target_(target), poll_(poll) {}
   Status init(unsigned entries);
 
+  void enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) override;
   void enqueue(uint32_t slot, const Request& req) override;
   int process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
               const sigset_t* sig) override;
   int completion_fd() const override { return poll_ ? -1 : event_fd_.get(); }
   void set_completion_fd_enabled(bool enable) override;
   void notify() override;
-  Status map_region(const MappedRegion& r) override;
+  Status map_region(MappedRegion& r) override;
   void unmap_region(const MappedRegion& r) override;
   DriverQueueStats stats() const override { return stats_; }
 
  private:
-  // How a slot's CQE is judged.
-  enum class Kind : uint8_t {
-    kData,       // read/write: short transfers are continued
-    kVectored,   // readv/writev: a short transfer is an error
-    kZeroes,     // write-zeroes: -EOPNOTSUPP moves on to the next fallocate mode
-    kPlain,      // flush, discard: the result is final
-    kSaved,      // done before submission (a NOP carries it): result in `done`
-  };
-  // What was issued for a slot.
-  struct InFlight {
-    Kind kind;
-    uint8_t zero_step;  // write-zeroes: index into the mode list
-    bool write;
-    uint32_t flags;
-    int fixed;          // fixed-buffer index or -1
-    uint64_t offset;
-    uint64_t len;
-    uint64_t done;      // bytes transferred so far, or the saved result
-    union {
-      char* buf;
-      const iovec* iov;
-    };
-    int iovcnt;
+  // Tags in a CQE's user_data (the low 32 bits are the slot). Untagged CQEs
+  // are fast-path reads and writes.
+  static constexpr uint64_t kTracked = 1ull << 62;  // details in tracked_[slot]
+  static constexpr uint64_t kSaved = 1ull << 63;    // settled before submission; result in tracked_[slot]
+  // Linux caps one read/write at a little under 2 GiB; stay well inside it.
+  static constexpr uint64_t kMaxChunk = 1u << 30;
+
+  // A request that takes the careful path: everything but reads and writes
+  // that fit one SQE, with what finishing it needs.
+  struct Tracked {
+    Request req;
+    uint64_t done = 0;   // read/write: bytes moved so far
+    int result = 0;      // kSaved: the result
+    uint8_t zero_step = 0;
+    int zero_mode = 0;
   };
 
-  io_uring_sqe* next_sqe();
-  void issue(uint32_t slot, InFlight& f);
-  void issue_saved(uint32_t slot, InFlight& f, int result);
-  void prep_data(io_uring_sqe* sqe, const InFlight& f);
-  int zero_mode(const InFlight& f) const;
-  void finish(Queue& owner, uint32_t slot, int res) {
-    --in_flight_;
-    owner.complete(slot, res);
+  [[gnu::noinline]] void enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
+                                         const MappedRegion* region) {
+    DriverQueue::enqueue_rw(tag, offset, buf, len, region);
   }
-  void on_cqe(Queue& owner, uint32_t slot, int res);
-  int reap(Queue& owner, unsigned budget);
-  bool kernel_has_work() const;
+  io_uring_sqe* sqe() {
+    io_uring_sqe* s = io_uring_get_sqe(ring_.get());
+    return s ? s : sqe_slow();
+  }
+  io_uring_sqe* sqe_slow();
+  Tracked& track(uint32_t slot, const Request& req);
+  void issue_data(uint32_t slot, Tracked& t);
+  void settle(uint32_t slot, int result);
+  int zero_mode(uint32_t flags, unsigned step) const;
+  void issue_zeroes(uint32_t slot, Tracked& t);
+  [[gnu::noinline]] void on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, int res);
+  unsigned reap(Queue& owner, unsigned budget);
+  bool kernel_has_work(const Queue& owner) const;
   int submit();
 
   IoUringTarget target_;
@@ -74,10 +72,12 @@ class IoUringQueue final : public DriverQueue {
   int sqe_fd_ = -1;  // fixed-file index 0, or the raw fd
   uint8_t sqe_flags_ = 0;
   bool fixed_buffers_ = false;
-  unsigned in_flight_ = 0;
+  unsigned sq_head_ = 0;  // a possibly stale copy of the kernel's SQ head
+  unsigned sq_entries_ = 0;
+  unsigned sq_mask_ = 0;
   DriverQueueStats stats_;
-  std::vector<uint8_t> fixed_ok_;   // fixed-buffer index -> registered on this ring
-  std::vector<InFlight> inflight_;  // by slot
+  std::vector<uint8_t> registered_;  // fixed-buffer slot -> registered on this ring (for unmap)
+  std::vector<Tracked> tracked_;   // by slot
   // File-system capabilities learnt from -EOPNOTSUPP, so later requests skip
   // fallocate modes that cannot work.
   bool punch_hole_works_ = true;
