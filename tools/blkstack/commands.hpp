@@ -8,5 +8,6 @@ namespace blkstack::cli {
 void add_info_command(CLI::App& app);
 void add_copy_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace blkstack::cli

@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   blkstack::cli::add_info_command(app);
   blkstack::cli::add_copy_command(app);
   blkstack::cli::add_bench_command(app);
+  blkstack::cli::add_serve_command(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
