@@ -116,7 +116,28 @@ Status Daemon::remove_device(const std::string& id) {
 
 // ---- exports ----
 
+Status Daemon::add_ublk_export(const KeyValueList& spec) {
+  auto cfg = ublk::parse_ublk_export(spec);
+  if (!cfg) return cfg.status();
+  if (exports_.count(cfg->id)) return error(-EEXIST, "an export with id {} already exists", cfg->id);
+  auto dev = devices_.find(cfg->blockdev);
+  if (dev == devices_.end()) return error(-ENOENT, "export {}: no device with id {}", cfg->id, cfg->blockdev);
+  std::vector<Reactor*> rs;
+  for (auto& r : reactors_) rs.push_back(r.get());
+  auto exp = ublk::UblkExport::create(*cfg, *dev->second, rs);
+  if (!exp) return error(exp.status().code(), "export {}: {}", cfg->id, exp.status().message());
+  std::shared_ptr<ublk::UblkExport> e = std::move(exp.value());
+  dev->second->users++;
+  exports_[cfg->id] = Export{"ublk", e->block_device(), cfg->blockdev, nullptr, e};
+  spdlog::info("daemon: export added id={} type=ublk device={} blockdev={} queues={} depth={} copy={} recovered={}",
+               cfg->id, e->block_device(), cfg->blockdev, cfg->queues ? cfg->queues : reactors_.size(), cfg->depth,
+               cfg->mode == ublk::CopyMode::kUser ? "user" : cfg->mode == ublk::CopyMode::kGetData ? "get-data" : "kernel",
+               e->recovered());
+  return {};
+}
+
 Status Daemon::add_export(KeyValueList spec) {
+  if (spec.head == "ublk") return add_ublk_export(spec);
   if (spec.head != "nbd") return error(-EINVAL, "unknown export type '{}'", spec.head);
   auto cfg = nbd::parse_nbd_export(spec);
   if (!cfg) return cfg.status();
@@ -165,17 +186,17 @@ Status Daemon::attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport>
       sets.push_back(nbd_connections_[i].get());
     }
     lit = listeners_.emplace(address, std::move(l)).first;
-    exports_[id] = Export{"nbd", address, exp};
+    exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr};
     publish_catalog(*lit->second);
     lit->second->start(*reactors_[0], rs, sets);
     return {};
   }
   for (auto& [other_id, e] : exports_) {
-    if (e.address == address && e.nbd->info().name == exp->info().name) {
+    if (e.nbd && e.address == address && e.nbd->info().name == exp->info().name) {
       return error(-EEXIST, "export {}: {} already has an export named \"{}\"", id, address, exp->info().name);
     }
   }
-  exports_[id] = Export{"nbd", address, exp};
+  exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr};
   publish_catalog(*lit->second);
   return {};
 }
@@ -183,7 +204,7 @@ Status Daemon::attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport>
 void Daemon::publish_catalog(nbd::Listener& l) {
   std::vector<std::shared_ptr<nbd::NbdExport>> list;
   for (auto& [id, e] : exports_) {
-    if (e.address == l.address()) list.push_back(e.nbd);
+    if (e.nbd && e.address == l.address()) list.push_back(e.nbd);
   }
   l.set_catalog(std::make_shared<nbd::Catalog>(std::move(list)));
 }
@@ -210,6 +231,12 @@ Status Daemon::remove_export(const std::string& id) {
   if (it == exports_.end()) return error(-ENOENT, "no export with id {}", id);
   Export e = it->second;
   exports_.erase(it);
+  if (e.ublk) {
+    e.ublk.reset();  // stops and deletes the block device
+    devices_.at(e.blockdev)->users--;
+    spdlog::info("daemon: export removed id={}", id);
+    return {};
+  }
   auto lit = listeners_.find(e.address);
   bool last = true;
   for (auto& [other, x] : exports_) last &= x.address != e.address;
@@ -262,6 +289,23 @@ nlohmann::json Daemon::device_json(BlockDevice& d) {
 }
 
 nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
+  auto stats_json = [](const StatsSnapshot& s, uint64_t heap) {
+    return nlohmann::json{{"connections", s.connections},
+                          {"requests", s.requests},
+                          {"read_bytes", s.read_bytes},
+                          {"write_bytes", s.write_bytes},
+                          {"errors", s.errors},
+                          {"heap_buffers", heap},
+                          {"latency_ns",
+                           {{"p50", s.percentile(0.50)},
+                            {"p90", s.percentile(0.90)},
+                            {"p99", s.percentile(0.99)},
+                            {"p999", s.percentile(0.999)}}}};
+  };
+  if (e.ublk) {
+    return {{"id", id}, {"type", "ublk"}, {"device", e.address}, {"blockdev", e.blockdev},
+            {"dev_id", e.ublk->dev_id()}, {"recovered", e.ublk->recovered()}, {"stats", stats_json(e.ublk->snapshot(), 0)}};
+  }
   const nbd::ExportInfo& info = e.nbd->info();
   StatsSnapshot s = e.nbd->snapshot();
   uint64_t heap = 0;
@@ -276,18 +320,7 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
           {"blockdev", e.nbd->config().blockdev},
           {"read_only", info.read_only},
           {"size", info.size},
-          {"stats",
-           {{"connections", s.connections},
-            {"requests", s.requests},
-            {"read_bytes", s.read_bytes},
-            {"write_bytes", s.write_bytes},
-            {"errors", s.errors},
-            {"heap_buffers", heap},
-            {"latency_ns",
-             {{"p50", s.percentile(0.50)},
-              {"p90", s.percentile(0.90)},
-              {"p99", s.percentile(0.99)},
-              {"p999", s.percentile(0.999)}}}}}};
+          {"stats", stats_json(s, heap)}};
 }
 
 nlohmann::json Daemon::handle(const nlohmann::json& req) {
@@ -333,9 +366,19 @@ nlohmann::json Daemon::handle(const nlohmann::json& req) {
 // ---- main loop ----
 
 void Daemon::drain() {
-  spdlog::info("daemon: draining connections");
+  spdlog::info("daemon: draining");
   for (auto& [addr, l] : listeners_) l->stop();
   close_connections([](const nbd::Connection&) { return true; });
+  // ublk devices: stop (the kernel lets in-flight requests finish) and delete.
+  for (auto it = exports_.begin(); it != exports_.end();) {
+    if (it->second.ublk) {
+      std::string id = it->first;
+      ++it;
+      if (Status s = remove_export(id); !s) spdlog::warn("daemon: {}", s.message());
+    } else {
+      ++it;
+    }
+  }
   spdlog::info("daemon: drained");
 }
 

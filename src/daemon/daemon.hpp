@@ -15,6 +15,7 @@
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
 #include "exports/nbd/nbd_listener.hpp"
+#include "exports/ublk/ublk_export.hpp"
 
 namespace blkstack {
 
@@ -39,11 +40,14 @@ class Daemon {
  private:
   struct Export {
     std::string type;
-    std::string address;
+    std::string address;  // nbd: listener address; ublk: block device path
+    std::string blockdev;
     std::shared_ptr<nbd::NbdExport> nbd;
+    std::shared_ptr<ublk::UblkExport> ublk;
   };
 
   Status start_reactors();
+  Status add_ublk_export(const KeyValueList& spec);
   Status attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport> exp, const std::string& address);
   void publish_catalog(nbd::Listener& l);
   // Shuts down the NBD connections for which pred is true and waits for them.
