@@ -295,6 +295,8 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
                           {"read_bytes", s.read_bytes},
                           {"write_bytes", s.write_bytes},
                           {"errors", s.errors},
+                          {"fua_writes", s.fua_writes},
+                          {"flushes", s.flushes},
                           {"heap_buffers", heap},
                           {"latency_ns",
                            {{"p50", s.percentile(0.50)},

@@ -15,6 +15,7 @@ struct StatsShard {
   static constexpr unsigned kBuckets = 4 * 40;  // 1 ns .. ~18 minutes
 
   std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, connections{0};
+  std::atomic<uint64_t> fua_writes{0}, flushes{0};
   std::array<std::atomic<uint64_t>, kBuckets> latency{};
 
   static void add(std::atomic<uint64_t>& c, uint64_t v) {
@@ -38,6 +39,7 @@ struct StatsShard {
 
 struct StatsSnapshot {
   uint64_t requests = 0, read_bytes = 0, write_bytes = 0, errors = 0, connections = 0;
+  uint64_t fua_writes = 0, flushes = 0;
   std::array<uint64_t, StatsShard::kBuckets> latency{};
 
   void add(const StatsShard& s) {
@@ -46,6 +48,8 @@ struct StatsSnapshot {
     write_bytes += s.write_bytes.load(std::memory_order_relaxed);
     errors += s.errors.load(std::memory_order_relaxed);
     connections += s.connections.load(std::memory_order_relaxed);
+    fua_writes += s.fua_writes.load(std::memory_order_relaxed);
+    flushes += s.flushes.load(std::memory_order_relaxed);
     for (unsigned i = 0; i < StatsShard::kBuckets; i++) latency[i] += s.latency[i].load(std::memory_order_relaxed);
   }
   // Latency (ns) below which fraction p of the requests completed.

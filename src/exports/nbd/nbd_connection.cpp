@@ -383,6 +383,7 @@ void Connection::dispatch(const RequestHeader& h) {
       payload_done_ = 0;
       return;
     case kCmdFlush:
+      StatsShard::add(stats_->flushes, 1);
       r->pending = 1;
       q.flush(r, 0);
       lane_->io.kick();
@@ -463,6 +464,7 @@ void Connection::start_read(Request* r) {
 }
 
 void Connection::start_write(Request* r) {
+  if (r->h.flags & kCmdFlagFua) StatsShard::add(stats_->fua_writes, 1);
   r->pending = 1;
   lane_->io.queue().write(r->h.offset, r->buf.data, r->h.length, r, (r->h.flags & kCmdFlagFua) ? kReqFua : 0);
   lane_->io.kick();

@@ -163,9 +163,11 @@ void Queue::submit_io(Tag& t, const IoDesc& d) {
       q.read(off, buf, len, ud, 0);
       break;
     case kOpWrite:
+      if (flags & (kIoFFua >> 8)) StatsShard::add(stats_.fua_writes, 1);
       q.write(off, buf, len, ud, (flags & (kIoFFua >> 8)) ? kReqFua : 0);
       break;
     case kOpFlush:
+      StatsShard::add(stats_.flushes, 1);
       q.flush(ud, 0);
       break;
     case kOpDiscard:
