@@ -60,9 +60,9 @@ mounts_under() {
 }
 
 umount_all() {
-    local dir m tries
+    local dir m
     dir=$(realpath -m "$1")
-    for tries in 1 2 3; do
+    for _ in 1 2 3; do
         local any=0
         while read -r m; do
             [[ -n $m ]] || continue

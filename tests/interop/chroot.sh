@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: MIT
+# shellcheck shell=bash
 # Helpers for tests that run real libblkio consumers inside the cached Debian
 # trixie chroot (scripts/trixie-root.sh); sourced after lib.sh.
 #

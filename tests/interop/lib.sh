@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: MIT
+# shellcheck shell=bash
 # Shared helpers for the interop tests; sourced, not run.
 #
 # Provides: log/step/pass/die, need_pkgs (apt-get installs what is missing),

@@ -246,6 +246,36 @@ bench_case "null randread iodepth=8 bs=64k, 2 threads (2 queues)" with_ours 2 \
     --readwrite=randread --iodepth=8 --blocksize=65536 --num-threads=2 null size=$((1 << 30)) block-size=4096
 bench_case "io_uring randwrite iodepth=8, 2 threads (2 queues)" with_ours 2 \
     --readwrite=randwrite --iodepth=8 --num-threads=2 io_uring "path=$BENCH_IMG"
+bench_case "io_uring randread iodepth=256 (> num-entries 128)" with_ours 1 \
+    --readwrite=randread --iodepth=256 io_uring "path=$BENCH_IMG"
+# O_DIRECT on a disk file (the 8 MiB copy source).
+bench_case "io_uring direct=true randread bs=1M iodepth=4 (disk file)" with_ours 1 \
+    --readwrite=randread --blocksize=1048576 --iodepth=4 io_uring "path=$SRC" direct=true
+bench_case "io_uring direct=true randwrite iodepth=16 --poll (disk file)" with_ours 1 \
+    --readwrite=randwrite --iodepth=16 --poll io_uring "path=$SRC" direct=true
 # Reference: the real library on the same file, same binary.
 bench_case "REAL libblkio: io_uring randread iodepth=32 event" with_real 1 --readwrite=randread --iodepth=32 io_uring "path=$BENCH_IMG"
 bench_case "REAL libblkio: io_uring randwrite iodepth=32 --poll" with_real 1 --readwrite=randwrite --iodepth=32 --poll io_uring "path=$BENCH_IMG"
+
+###########################################################################
+step "(d) blkio-copy into an empty output file (must grow it, as real libblkio does)"
+# Real libblkio's io_uring driver reports can-grow=true for regular files:
+# writes past the end extend the file. So copying into a new, empty file
+# with --output-blkio works with real libblkio, and a drop-in replacement must
+# do the same. Checked last so that the checks above run regardless.
+# See tests/interop/FINDINGS.md (F1).
+for lib in real ours; do
+    rm -f "$DST"; : > "$DST"
+    rc=0
+    "with_$lib" "$BIN/blkio-copy" --input-blkio=io_uring "path=$SRC" --output-blkio=io_uring "path=$DST" \
+        > "$WORK/grow.$lib.out" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        cat "$WORK/grow.$lib.out"
+        if [[ $lib == ours ]]; then
+            with_ours "$BIN/blkio-info" io_uring "path=$DST" can-grow > "$WORK/grow.cg" 2>&1 || true   # diagnostic only
+            die "blkio-copy into an empty io_uring output fails on our library (status $rc; real libblkio succeeds; our can-grow=$(cat "$WORK/grow.cg")). See FINDINGS.md F1."
+        fi
+        die "premise broken: blkio-copy into an empty io_uring output fails on REAL libblkio too (status $rc)"
+    fi
+    assert_same_file "$SRC" "$DST" "blkio-copy ($lib libblkio) into an empty file grows it to the full image"
+done
