@@ -92,17 +92,47 @@ root_complete() {
     [[ -f $dir/$STAMP_NAME ]] && [[ $(cat "$dir/$STAMP_NAME") == "$STAMP_CONTENT" ]]
 }
 
+stop_debootstrap() {
+    [[ -n ${DBS_PID:-} ]] || return 0
+    log "stopping debootstrap (pid $DBS_PID)"
+    kill -TERM -- "-$DBS_PID" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        kill -0 -- "-$DBS_PID" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$DBS_PID" 2>/dev/null || true
+    sleep 0.2
+}
+
 build_root() {
     local dir=$1 tmp
     command -v debootstrap >/dev/null || apt_install debootstrap
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || apt_install debian-archive-keyring
     tmp="$dir.new"
+    # Mounts left on an incomplete root or on a half-built one (debootstrap
+    # mounts /proc and /sys in its target) go first, and again on any exit.
+    umount_all "$dir"
     umount_all "$tmp"
     rm -rf --one-file-system "$tmp"
+    BUILD_TMP=$tmp
+    DBS_PID=""
+    # On INT/TERM, stop debootstrap's whole process group (it runs in its
+    # own session: left alone it can hang on a broken pipe), then unmount.
+    trap 'stop_debootstrap; umount_all "$BUILD_TMP"' EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
     log "debootstrap trixie into $tmp (one-time, about 70 s and 400 MB)"
     local t0=$SECONDS
-    if ! debootstrap --variant=minbase --include="$TRIXIE_PACKAGES" \
-            trixie "$tmp" "$TRIXIE_MIRROR" > "$dir.debootstrap.log" 2>&1; then
+    # Run in the background and `wait`, so that a signal reaches our traps
+    # at once instead of after debootstrap exits.
+    setsid debootstrap --variant=minbase --include="$TRIXIE_PACKAGES" \
+        trixie "$tmp" "$TRIXIE_MIRROR" > "$dir.debootstrap.log" 2>&1 &
+    DBS_PID=$!
+    local rc=0
+    wait "$DBS_PID" || rc=$?
+    DBS_PID=""
+    if [[ $rc -ne 0 ]]; then
         tail -n 30 "$dir.debootstrap.log" >&2
         umount_all "$tmp"
         die "debootstrap failed; full log in $dir.debootstrap.log"

@@ -28,9 +28,11 @@ start_daemon() {
     local name=$1 pidfile=$2; shift 2
     local host_pidfile=$WORK${pidfile#/scratch} i
     rm -f "$host_pidfile"
-    # trixie-root.sh run execs unshare, sh execs chroot, chroot execs env,
-    # env execs the daemon: the background job's pid is the daemon's pid.
-    "$REPO_ROOT/scripts/trixie-root.sh" run --lib "$BLKSTACK_LIBDIR" \
+    # setpriv execs trixie-root.sh run, which execs unshare; sh execs
+    # chroot, chroot execs env, env execs the daemon: the background job's
+    # pid is the daemon's pid. --pdeathsig: the daemon gets SIGTERM when this
+    # script dies, even by SIGKILL (when the trap cannot run).
+    setpriv --pdeathsig TERM "$REPO_ROOT/scripts/trixie-root.sh" run --lib "$BLKSTACK_LIBDIR" \
         --bind "$WORK:/scratch" "$ROOT" -- "$@" > "$WORK/$name.log" 2>&1 &
     DAEMON_PID=$!
     register_cleanup "kill -TERM $DAEMON_PID; sleep 0.2; kill -KILL $DAEMON_PID"

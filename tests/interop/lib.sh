@@ -71,8 +71,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 make_workdir() {
+    # Work dirs of runs that were killed (SIGKILL skips the trap): remove
+    # those whose owner process is gone.
+    local d owner
+    for d in /var/tmp/blkstack-interop.* /dev/shm/blkstack-interop.*; do
+        [[ -f $d/.owner ]] || continue
+        owner=$(cat "$d/.owner")
+        kill -0 "$owner" 2>/dev/null && continue
+        log "removing $d, left behind by dead run $owner"
+        rm -rf --one-file-system "$d"
+    done
     # On disk (not tmpfs), so that O_DIRECT works everywhere.
     WORK=$(mktemp -d /var/tmp/blkstack-interop.XXXXXX)
+    echo $$ > "$WORK/.owner"
     register_cleanup "rm -rf --one-file-system '$WORK'"
 }
 

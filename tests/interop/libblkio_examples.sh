@@ -207,6 +207,7 @@ if [[ -z $SHM || $(stat -f -c %T "$SHM") != tmpfs ]]; then
     mount -t tmpfs -o size=128m tmpfs "$SHM" || die "cannot mount a tmpfs"
     register_cleanup "umount '$SHM'"
 else
+    echo $$ > "$SHM/.owner"
     register_cleanup "rm -rf '$SHM'"
 fi
 BENCH_IMG=$SHM/bench.img

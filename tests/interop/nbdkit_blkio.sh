@@ -18,7 +18,7 @@ TEST_NAME=nbdkit_blkio
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/chroot.sh"
 setup_build "${1:-}"
-need_pkgs jq:jq sha256sum:coreutils
+need_pkgs jq:jq sha256sum:coreutils setpriv:util-linux
 make_workdir
 setup_chroot
 

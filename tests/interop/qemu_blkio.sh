@@ -22,7 +22,7 @@ TEST_NAME=qemu_blkio
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/chroot.sh"
 setup_build "${1:-}"
-need_pkgs jq:jq sha256sum:coreutils cmp:diffutils
+need_pkgs jq:jq sha256sum:coreutils cmp:diffutils setpriv:util-linux
 make_workdir
 setup_chroot
 
