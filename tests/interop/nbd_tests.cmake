@@ -4,6 +4,8 @@
 #   ctest --test-dir build -L interop --output-on-failure
 set(nbd_interop_tests
   nbd_clients
+  nbd_commands
+  nbd_qemu
 )
 foreach(t IN LISTS nbd_interop_tests)
   add_test(NAME interop_${t} COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/${t}.sh ${PROJECT_BINARY_DIR})
