@@ -6,6 +6,7 @@ set(nbd_interop_tests
   nbd_clients
   nbd_commands
   nbd_qemu
+  nbd_tls
 )
 foreach(t IN LISTS nbd_interop_tests)
   add_test(NAME interop_${t} COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/${t}.sh ${PROJECT_BINARY_DIR})
