@@ -194,7 +194,9 @@ void Connection::process_input() {
   if (dead_ || destroyed_ || tls_pending_) return;
   if (tls_ && !tls_handshaking_) decrypt_input();
   if (dead_) return;
-  if (handshake_) {
+  // While TLS is being negotiated the handshake waits (in kAwaitTls) for
+  // tls_started(); feeding it now would only repeat STARTTLS.
+  if (handshake_ && !tls_handshaking_) {
     if (!handshake_input()) return;
   }
   if (!handshake_ && !tls_handshaking_) {
@@ -774,6 +776,8 @@ void Connection::on_sent(int res) {
     }
   }
   flush_output();
+  // The STARTTLS acknowledgement has left: run_deferred() switches to TLS.
+  if (tls_pending_ && out_.empty() && !send_pending_) reactor_.defer(*this);
   if (blocked_ && !dead_) {
     blocked_ = false;
     process_input();
