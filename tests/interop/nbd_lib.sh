@@ -49,6 +49,9 @@ _cleanup() {
   local rc=$? i name pid
   set +e
   trap - EXIT INT TERM
+  # Whoever reads our output may be gone (a killed pipeline): cleaning up
+  # must not die of SIGPIPE.
+  trap '' PIPE
   for ((i = ${#_AT_EXIT[@]} - 1; i >= 0; i--)); do
     eval "${_AT_EXIT[i]}" >/dev/null 2>&1
   done
@@ -74,6 +77,9 @@ _cleanup() {
   exit "$rc"
 }
 trap _cleanup EXIT
+# A command that fails outside an assertion (set -e) says where it was.
+set -E
+trap '_rc=$?; [[ $BASH_COMMAND == exit* ]] || printf "[%s] FAIL: line %s: %s (status %s)\n" "$TEST_NAME" "$LINENO" "$BASH_COMMAND" "$_rc" >&2' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
