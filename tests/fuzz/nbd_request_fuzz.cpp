@@ -53,7 +53,7 @@ void check_verdict(const RequestHeader& r, const Verdict& v, const Negotiated& n
   }
   FUZZ_CHECK(!v.fatal || (v.error != 0 && v.payload_follows && v.payload_len > payload_discard_limit(e)));
   if (n.extended_headers)
-    FUZZ_CHECK(v.payload_follows == ((r.flags & kCmdFlagPayloadLen) != 0));
+    FUZZ_CHECK(v.payload_follows == ((r.flags & kCmdFlagPayloadLen) != 0 || r.type == kCmdWrite));
   else
     FUZZ_CHECK(v.payload_follows == (r.type == kCmdWrite));
   if (v.payload_follows) FUZZ_CHECK(v.payload_len == r.length);

@@ -101,9 +101,11 @@ void Connection::maybe_destroy() {
     reactor_.defer(*this);  // let the last replies go out first
     return;
   }
+  // Deleted from run_deferred(), never here: callers up the stack (input
+  // processing after decrypt_input() or fail(), say) still use the object,
+  // and the reactor may hold it in its deferred list.
   destroyed_ = true;
-  set_.remove(this);
-  delete this;
+  reactor_.defer(*this);
 }
 
 void ConnectionSet::remove(Connection* c) {
@@ -193,8 +195,10 @@ void Connection::on_recv(int res) {
 void Connection::process_input() {
   if (dead_ || destroyed_ || tls_pending_) return;
   if (tls_ && !tls_handshaking_) decrypt_input();
-  if (dead_) return;
-  if (handshake_) {
+  if (dead_ || stopping_) return;
+  // While TLS is being negotiated the handshake waits (in kAwaitTls) for
+  // tls_started(); feeding it now would only repeat STARTTLS.
+  if (handshake_ && !tls_handshaking_) {
     if (!handshake_input()) return;
   }
   if (!handshake_ && !tls_handshaking_) {
@@ -681,6 +685,11 @@ void Connection::finish_request(Request* r, bool failed) {
 }
 
 void Connection::run_deferred() {
+  if (destroyed_) {
+    set_.remove(this);
+    delete this;
+    return;
+  }
   if (tls_pending_ && out_.empty() && !send_pending_) {
     // The STARTTLS acknowledgement has left in plaintext: TLS from here on.
     tls_ = std::move(tls_pending_);
@@ -776,6 +785,8 @@ void Connection::on_sent(int res) {
     }
   }
   flush_output();
+  // The STARTTLS acknowledgement has left: run_deferred() switches to TLS.
+  if (tls_pending_ && out_.empty() && !send_pending_) reactor_.defer(*this);
   if (blocked_ && !dead_) {
     blocked_ = false;
     process_input();

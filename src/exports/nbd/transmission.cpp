@@ -38,7 +38,11 @@ Verdict validate(const RequestHeader& r, const Negotiated& n) {
   // Whether a payload follows is fixed by the header alone: the type in
   // compact mode, NBD_CMD_FLAG_PAYLOAD_LEN in extended mode. It must be known
   // before anything else so that a rejected request can still be skipped.
-  if (n.extended_headers ? (r.flags & kCmdFlagPayloadLen) != 0 : r.type == kCmdWrite) {
+  // A WRITE always carries its data: the extension says an extended WRITE
+  // MUST set PAYLOAD_LEN, but QEMU's client (9.0 to at least 10.0) never
+  // does, and QEMU's server accepts that. So do we; refusing would also
+  // leave the data to be misread as request headers.
+  if (r.type == kCmdWrite || (n.extended_headers && (r.flags & kCmdFlagPayloadLen))) {
     v.payload_follows = true;
     v.payload_len = r.length;
   }
@@ -84,8 +88,6 @@ Verdict validate(const RequestHeader& r, const Negotiated& n) {
   // payload here (we do not advertise NBD_FLAG_BLOCK_STATUS_PAYLOAD).
   if (n.extended_headers && r.type == kCmdWrite) allowed |= kCmdFlagPayloadLen;
   if (r.flags & ~allowed) return fail(kEinval);
-  if (n.extended_headers && r.type == kCmdWrite && !(r.flags & kCmdFlagPayloadLen))
-    return fail(kEinval);  // extended WRITE MUST carry its data as a payload
 
   const bool writes = r.type == kCmdWrite || r.type == kCmdTrim || r.type == kCmdWriteZeroes;
   if (writes && (tf & kFlagReadOnly)) return fail(kEperm);
