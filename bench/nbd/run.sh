@@ -38,6 +38,9 @@
 #   --nbdcopy-requests N  nbdcopy --requests (default 16)
 #   --blkstack PATH     the blkstack binary (default build/tools/blkstack/blkstack;
 #                       built with cmake+ninja when missing)
+#   --baseline PATH     also run this other blkstack binary, as server
+#                       "blkstack-base" (a peer in the ratios): before/after
+#                       comparisons of a change in one interleaved run
 #   --out DIR           keep raw results here (default /tmp/blkstack-nbdbench-DATE)
 #   --json FILE         write the results JSON here (default DIR/results.json)
 #   --strict            fail when a server cannot be set up (default: warn, skip it)
@@ -60,6 +63,7 @@ THREADS=
 QEMU_CACHE=writeback
 NBDCOPY_REQUESTS=16
 BLKSTACK=$ROOT/build/tools/blkstack/blkstack
+BASELINE=
 OUT=
 JSON=
 STRICT=0
@@ -82,6 +86,7 @@ while [[ $# -gt 0 ]]; do
         --qemu-cache) QEMU_CACHE=${2:?}; shift 2 ;;
         --nbdcopy-requests) NBDCOPY_REQUESTS=${2:?}; shift 2 ;;
         --blkstack) BLKSTACK=${2:?}; shift 2 ;;
+        --baseline) BASELINE=$(realpath -e "${2:?}") || die "no baseline binary $2"; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
         --json) JSON=${2:?}; shift 2 ;;
         --strict) STRICT=1; shift ;;
@@ -96,10 +101,11 @@ done
 [[ -z $THREADS || $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer"
 [[ $QEMU_CACHE == writeback || $QEMU_CACHE == none ]] || die "--qemu-cache must be writeback or none"
 IFS=, read -r -a SERVER_LIST <<< "$SERVERS"
+[[ -z $BASELINE ]] || SERVER_LIST+=(blkstack-base)
 IFS=, read -r -a TRANSPORT_LIST <<< "$TRANSPORTS"
 IFS=, read -r -a WORKLOAD_LIST <<< "$WORKLOADS"
 for s in "${SERVER_LIST[@]}"; do
-    case $s in blkstack|nbdkit-file|nbdkit-blkio|qemu-nbd) ;; *) die "unknown server '$s'" ;; esac
+    case $s in blkstack|blkstack-base|nbdkit-file|nbdkit-blkio|qemu-nbd) ;; *) die "unknown server '$s'" ;; esac
 done
 for t in "${TRANSPORT_LIST[@]}"; do
     case $t in unix|tcp) ;; *) die "unknown transport '$t'" ;; esac
@@ -242,20 +248,21 @@ start_server() {
     fi
     SERVER_NAME=$name
     case $name in
-        blkstack)
-            local exp=nbd,blockdev=d0 fifo=$WORK/ready-$SOCK_SEQ readyfd line
+        blkstack|blkstack-base)
+            local exp=nbd,blockdev=d0 fifo=$WORK/ready-$SOCK_SEQ readyfd line bin=$BLKSTACK
+            [[ $name == blkstack ]] || bin=$BASELINE
             if [[ $transport == unix ]]; then exp+=",socket=$sock"; else exp+=",tcp=127.0.0.1:$port"; fi
             mkfifo "$fifo"
             exec {readyfd}<>"$fifo"
             rm -f "$fifo"
-            "$BLKSTACK" serve ${THREADS:+--threads "$THREADS"} \
+            "$bin" serve ${THREADS:+--threads "$THREADS"} \
                 --blockdev "io_uring,id=d0,path=$IMG" --export "$exp" --ready-fd "$readyfd" \
                 >"$logf" 2>&1 &
             SERVER_PID=$!
             if ! read -r -t 30 -u "$readyfd" line || [[ $line != READY=1* ]]; then
                 exec {readyfd}>&-
                 tail -n 20 "$logf" >&2 || true
-                die "blkstack did not become ready (log: $logf)"
+                die "$name did not become ready (log: $logf)"
             fi
             exec {readyfd}>&-
             ;;
@@ -365,7 +372,7 @@ json.dump({
   "fio": "$(fio --version)",
   "servers": "${SERVER_LIST[*]}".split(), "transports": "${TRANSPORT_LIST[*]}".split(),
   "workloads": "${WORKLOAD_LIST[*]}".split(),
-  "server_desc": {"blkstack": """$blkstack_desc""", "nbdkit-file": """$nbdkit_file_desc""",
+  "server_desc": {"blkstack": """$blkstack_desc""", "blkstack-base": """baseline $BASELINE""", "nbdkit-file": """$nbdkit_file_desc""",
                   "nbdkit-blkio": """$nbdkit_blkio_desc""", "qemu-nbd": """$qemu_desc"""},
 }, open(sys.argv[1], "w"), indent=1)
 EOF
