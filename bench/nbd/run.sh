@@ -25,8 +25,8 @@
 #
 # Usage: bench/nbd/run.sh [options]
 #   --quick             1 round x 3 s per point (about 3 min)
-#   --runtime S         seconds per point (default 5)
-#   --rounds N          repeat rounds (default 3; default run about 12 min)
+#   --runtime S         seconds per point (default 4)
+#   --rounds N          repeat rounds (default 3; a default run takes about 13 min)
 #   --jobs N            clients: fio numjobs=N (one connection each),
 #                       nbdcopy --connections=N (default 1)
 #   --servers LIST      comma list (default blkstack,nbdkit-file,nbdkit-blkio,qemu-nbd)
@@ -52,7 +52,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
-RUNTIME=5
+RUNTIME=4
 ROUNDS=3
 JOBS=1
 SERVERS=blkstack,nbdkit-file,nbdkit-blkio,qemu-nbd
@@ -362,7 +362,7 @@ fi
 qemu_desc="$(qemu-nbd --version | head -n1), -f raw --aio=io_uring --cache=$QEMU_CACHE --shared=16"
 
 npoints=$((ROUNDS * ${#WORKLOAD_LIST[@]} * ${#TRANSPORT_LIST[@]} * ${#SERVER_LIST[@]}))
-log "results in $OUT; $npoints points of ${RUNTIME} s (about $(((npoints * (RUNTIME + 1) + 59) / 60)) min)"
+log "results in $OUT; $npoints points of ${RUNTIME} s (about $(((npoints * (RUNTIME * 10 + 25) / 10 + 59) / 60)) min)"
 "$PY" - "$OUT/meta.json" <<EOF
 import json, sys
 json.dump({
