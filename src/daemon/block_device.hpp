@@ -3,6 +3,8 @@
 // use the lane of the reactor their connection lives on.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,12 +38,19 @@ class BlockDevice {
   // Exports attached to this device (control path only).
   int users = 0;
 
+  // Bumped (any reactor) before every request that may turn data into holes
+  // (discard, write-zeroes): what an export learnt earlier about where the
+  // device has data is only reused while this has not moved.
+  uint64_t holes_generation() const { return holes_gen_.load(std::memory_order_acquire); }
+  void holes_may_appear() { holes_gen_.fetch_add(1, std::memory_order_acq_rel); }
+
  private:
   BlockDevice() = default;
   std::string id_, spec_text_;
   std::unique_ptr<Device> device_;
   std::vector<Reactor*> reactors_;
   std::vector<std::unique_ptr<Lane>> lanes_;
+  std::atomic<uint64_t> holes_gen_{0};
 };
 
 // Runs fn on the reactor's thread and waits for it (control path).

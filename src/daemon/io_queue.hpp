@@ -44,8 +44,10 @@ class IoQueue final : public Reactor::Op, public Reactor::Deferred {
 
   Reactor& reactor_;
   Queue& queue_;
-  bool poll_armed_ = false;
+  bool poll_armed_ = false;  // the read (or poll) of the completion fd is in flight
   bool shutting_down_ = false;
+  bool read_mode_ = true;    // read the eventfd (false: multishot poll, never read)
+  uint64_t event_value_ = 0;
   std::vector<Completion> completions_;
 };
 

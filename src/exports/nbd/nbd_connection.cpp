@@ -443,12 +443,24 @@ void Connection::start_read(Request* r) {
       export_->reports_holes()) {
     // Learn the layout first, so holes can be sent as holes.
     Device& dev = export_->device().device();
+    const uint64_t gen = export_->device().holes_generation();
     uint64_t off = h.offset, end = h.offset + h.length;
     bool any_hole = false;
+    if (gen == data_gen_ && off >= data_begin_ && end <= data_end_) off = end;  // all data: nothing to learn
     while (off < end && r->extents.size() < 64) {
-      auto e = dev.extent_at(off, end - off);
+      // The first query asks up to the end of the device (the kernel scans
+      // as far as the next hole whatever length is asked): a data extent
+      // found is remembered for the reads that follow.
+      bool first = off == h.offset;
+      auto e = dev.extent_at(off, first ? dev.info().capacity - off : end - off);
       if (!e || e->len == 0) break;
+      if (first && !e->hole) {
+        data_begin_ = off;
+        data_end_ = off + e->len;
+        data_gen_ = gen;
+      }
       AllocationExtent x = *e;
+      x.len = std::min(x.len, end - off);
       x.len -= x.len % export_->info().min_block;
       if (x.len == 0) break;
       any_hole |= x.hole;
@@ -483,6 +495,7 @@ void Connection::start_trim(Request* r) {
   if (start > base) start = base + (start - base + align - 1) / align * align;
   if (end > base) end = base + (end - base) / align * align;
   r->then_flush = r->h.flags & kCmdFlagFua;
+  if (start < end) export_->device().holes_may_appear();
   Queue& q = lane_->io.queue();
   for (uint64_t off = start; off < end;) {
     uint64_t len = end - off;
@@ -510,6 +523,7 @@ void Connection::start_zeroes(Request* r) {
   uint64_t max = d.max_write_zeroes_len ? d.max_write_zeroes_len : r->h.length;
   max -= max % export_->info().min_block;
   if (max == 0) max = r->h.length;
+  export_->device().holes_may_appear();  // even NO_HOLE: some file systems report zeroed ranges as holes
   for (uint64_t off = r->h.offset, end = off + r->h.length; off < end;) {
     uint64_t len = std::min(max, end - off);
     r->pending++;

@@ -130,6 +130,11 @@ class Connection final : public Reactor::Deferred {
   bool send_pending_ = false;
   uint64_t tls_sent_ = 0;  // ciphertext bytes of the send in flight
 
+  // A range known to hold data (from an earlier extent query, while the
+  // device's holes generation stays data_gen_): hole-aware reads inside it
+  // skip the query, which on a file costs a scan up to the next hole.
+  uint64_t data_begin_ = 0, data_end_ = 0, data_gen_ = 0;
+
   std::vector<std::unique_ptr<Request>> free_requests_;
   unsigned in_flight_ = 0;        // requests not yet answered
   bool blocked_ = false;          // input paused: no buffer or too many requests
