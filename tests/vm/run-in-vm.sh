@@ -250,7 +250,7 @@ QEMU=(
   -nodefaults -no-user-config -display none -no-reboot
   -chardev "stdio,id=con,logfile=$CONSOLE"
   -serial chardev:con
-  -device virtio-rng-pci
+  -device virtio-rng-pci -device isa-debug-exit,iobase=0xf4,iosize=0x04
   "${DEV_ARGS[@]}" "${FS_ARGS[@]}" "${EXTRA[@]}"
 )
 if [ "$VERBOSE" = 1 ]; then
@@ -259,7 +259,8 @@ if [ "$VERBOSE" = 1 ]; then
 fi
 if [ "$SHELL_MODE" = 1 ]; then
   # --foreground: QEMU must stay in the terminal's process group to read it.
-  timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" &
+  # (An explicit <&0: bash gives background jobs /dev/null as stdin.)
+  timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" <&0 &
 else
   timeout -k 5 "$TIMEOUT" "${QEMU[@]}" </dev/null &
 fi
