@@ -5,6 +5,7 @@
 #     SCRIPT ${CMAKE_CURRENT_SOURCE_DIR}/ublk_basic.sh
 #     VM_ARGS --new-disk 256M:nvme --append nvme.poll_queues=2
 #     ARGS --some-script-arg
+#     LABELS ublk
 #     TIMEOUT 300)
 #
 # The script runs as root in the VM, in the build directory, with
@@ -29,8 +30,9 @@ function(blkstack_add_vm_test)
             --env BLKSTACK_SOURCE_DIR=${PROJECT_SOURCE_DIR}
             ${VT_VM_ARGS} ${VT_SCRIPT} ${VT_ARGS}
     WORKING_DIRECTORY ${PROJECT_BINARY_DIR})
+  set(labels vm ${VT_LABELS})
   set_tests_properties(${VT_NAME} PROPERTIES
-    LABELS "vm;${VT_LABELS}"
+    LABELS "${labels}"
     TIMEOUT ${ctest_timeout}
     RUN_SERIAL TRUE
     FIXTURES_REQUIRED vm_lab)

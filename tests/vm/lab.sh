@@ -64,10 +64,11 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   [ "${BLKSTACK_VM_NO_INSTALL:-0}" = 1 ] && die "missing host packages: ${MISSING[*]}"
   log "installing host packages: ${MISSING[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q --no-install-recommends "${MISSING[@]}" >&2; then
+  INSTALL=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300)
+  if ! "${INSTALL[@]}" "${MISSING[@]}" >&2; then
     log "apt-get install failed; updating the host's package lists and retrying"
-    apt-get update -q >&2
-    apt-get install -y -q --no-install-recommends "${MISSING[@]}" >&2
+    apt-get update -q -o DPkg::Lock::Timeout=300 >&2
+    "${INSTALL[@]}" "${MISSING[@]}" >&2
   fi
   mapfile -t STILL < <(missing_pkgs "${MISSING[@]}")
   [ ${#STILL[@]} -eq 0 ] || die "could not install: ${STILL[*]}"
