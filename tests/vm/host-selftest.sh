@@ -4,7 +4,10 @@
 #   selftest     selftest.sh in a VM with NVMe, zoned NVMe and virtio-blk
 #                disks; its result file must come back through --out
 #   exit-status  fail-selftest.sh exits 3: so must run-in-vm.sh, with the
-#                script's output on our stdout
+#                script's output on our stdout; also with the status passed
+#                through the console marker alone
+#   crash        crash-selftest.sh panics the kernel: run-in-vm.sh must
+#                return 125 promptly
 #   timeout      hang-selftest.sh never ends: --timeout must kill the VM
 #                and run-in-vm.sh must return 124 in time
 #   interrupt    SIGTERM to run-in-vm.sh (as ctest's timeout sends) must stop
@@ -59,6 +62,18 @@ case_exit_status() {
   [ "$RC" = 3 ] || fail "run-in-vm.sh returned $RC for a script that exits 3"
   grep -qx 'failing on purpose with status 3' "$TMP/fail.log" || fail "the script's output did not reach stdout"
   pass "exit status 3 came back ($(since "$t0") s)"
+  # The fallback channel alone: the console marker, no rc file.
+  t0=$(now)
+  run_vm "$TMP/fail2.log" env BLKSTACK_VM_RC_CHANNEL=console "$VM" --timeout 300 "$HERE/fail-selftest.sh"
+  [ "$RC" = 3 ] || fail "run-in-vm.sh returned $RC through the console marker (want 3)"
+  pass "exit status 3 came back through the console marker alone ($(since "$t0") s)"
+}
+
+case_crash() {
+  local t0; t0=$(now)
+  run_vm "$TMP/crash.log" "$VM" --timeout 300 "$HERE/crash-selftest.sh"
+  [ "$RC" = 125 ] || fail "run-in-vm.sh returned $RC for a kernel panic (want 125)"
+  pass "a kernel panic ended the run with 125 ($(since "$t0") s)"
 }
 
 # QEMU processes whose run directory is under $1 (run-in-vm.sh makes it in
@@ -90,7 +105,7 @@ case_interrupt() {
   mkdir -p "$tmp"
   TMPDIR="$tmp" "$VM" --timeout 300 "$HERE/hang-selftest.sh" >"$TMP/int.log" 2>&1 &
   pid=$!
-  for i in $(seq 240); do grep -qx 'hanging on purpose' "$TMP/int.log" && break; sleep 0.5; done
+  for _ in $(seq 240); do grep -qx 'hanging on purpose' "$TMP/int.log" && break; sleep 0.5; done
   grep -qx 'hanging on purpose' "$TMP/int.log" || { kill "$pid"; cat "$TMP/int.log"; fail "the VM never ran the script"; }
   kill -TERM "$pid"
   set +e; wait "$pid"; RC=$?; set -e
@@ -119,8 +134,9 @@ for c in "$@"; do
     exit-status) case_exit_status ;;
     timeout) case_timeout ;;
     interrupt) case_interrupt ;;
+    crash) case_crash ;;
     iommu) case_iommu ;;
-    all) case_setup; case_selftest; case_exit_status; case_timeout; case_interrupt; case_iommu ;;
+    all) case_setup; case_selftest; case_exit_status; case_timeout; case_interrupt; case_crash; case_iommu ;;
     *) echo "host-selftest: unknown case $c" >&2; exit 2 ;;
   esac
 done

@@ -42,7 +42,9 @@
 # Exit status: SCRIPT's; 124 if the timeout hit; 125 if the VM ended without
 # running SCRIPT to completion (boot failure, kernel panic, QEMU error).
 # Environment: BLKSTACK_VM_LAB (lab cache directory), BLKSTACK_VM_ACCEL
-# (kvm or tcg; default kvm when /dev/kvm is usable).
+# (kvm or tcg; default kvm when /dev/kvm is usable), BLKSTACK_VM_RC_CHANNEL=
+# console (report the status through the console marker only: for testing
+# that fallback).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -216,8 +218,8 @@ for s in "${SHARES[@]}"; do
 done
 
 {
-  printf 'KVER=%q\nMODDIR=%q\nTOKEN=%q\nINTERACTIVE=%q\nCOLDPLUG=%q\n' \
-    "$KVER" "$MODDIR" "$TOKEN" "$SHELL_MODE" "$COLDPLUG"
+  printf 'KVER=%q\nMODDIR=%q\nTOKEN=%q\nINTERACTIVE=%q\nCOLDPLUG=%q\nRC_CHANNEL=%q\n' \
+    "$KVER" "$MODDIR" "$TOKEN" "$SHELL_MODE" "$COLDPLUG" "${BLKSTACK_VM_RC_CHANNEL:-both}"
 } >"$CTL/vm.conf"
 
 # run.sh: the test's environment, directory and command line (bash, in the VM).
@@ -278,7 +280,7 @@ if [ -f "$CTL/rc" ]; then
   RC=$(cat "$CTL/rc")
 else
   # The 9p file did not make it: fall back to the console marker.
-  RC=$(tr -d '\r' <"$CONSOLE" | sed -n "s/^BLKSTACK_VM_EXIT $TOKEN \([0-9]\{1,3\}\)\$/\1/p" | tail -1)
+  RC=$(tr -d '\r' <"$CONSOLE" | sed -n "s/.*BLKSTACK_VM_EXIT $TOKEN \([0-9]\{1,3\}\)\$/\1/p" | tail -1)
 fi
 if [ -n "$RC" ] && [[ $RC =~ ^[0-9]+$ ]]; then
   boot=$(cat "$CTL/boot-uptime" 2>/dev/null || echo '?')
