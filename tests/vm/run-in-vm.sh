@@ -34,8 +34,8 @@
 #   --log FILE             also save the whole console output to FILE
 # Other:
 #   --no-coldplug          do not load device drivers at boot (by default
-#                          the VM modprobes the drivers of its PCI and virtio
-#                          devices, as udev would)
+#                          the VM modprobes the drivers of its virtio and
+#                          NVMe devices, as udev would)
 #   --shell                an interactive bash in the VM instead of a script
 #   --verbose              show kernel boot messages and lab setup progress
 #   -h, --help             this text
