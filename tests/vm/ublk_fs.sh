@@ -2,13 +2,13 @@
 # ublk over the io_uring driver on a file: a file system made, filled,
 # verified and checked; discard and write-zeroes reach the file; FUA writes
 # reach the daemon as FUA; clean removal. Runs for each data path.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/daemon_lib.sh"
 modprobe ublk_drv
 for copy in kernel get-data user; do
   log "copy=$copy"
   img=$SCRATCH/disk-$copy.img
   truncate -s 1G "$img"
-  start_daemon --threads 2 --control "$SCRATCH/ctl" --blockdev "io_uring,id=d0,path=$img" \
+  start_daemon --threads 2 --blockdev "io_uring,id=d0,path=$img" \
     --export "ublk,blockdev=d0,id=0,copy=$copy,queues=2,depth=64"
   wait_for_block /dev/ublkb0
   [ "$(cat /sys/block/ublkb0/queue/fua)" = 1 ] || fail "FUA not advertised"
@@ -37,9 +37,9 @@ for copy in kernel get-data user; do
   dd if=/dev/ublkb0 of="$SCRATCH/zeroed" bs=1M skip=800 count=16 iflag=direct status=none
   cmp -n $((16 << 20)) "$SCRATCH/zeroed" /dev/zero || fail "write zeroes did not zero"
   # FUA writes: O_DSYNC on a device with FUA becomes REQ_FUA.
-  fua_before=$(echo '{"cmd":"stats"}' | socat - UNIX-CONNECT:"$SCRATCH/ctl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0]["stats"]["fua_writes"])')
+  fua_before=$(export_stat fua_writes)
   dd if=/dev/urandom of=/dev/ublkb0 bs=4k count=64 seek=100 oflag=direct,dsync status=none
-  fua_after=$(echo '{"cmd":"stats"}' | socat - UNIX-CONNECT:"$SCRATCH/ctl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["exports"][0]["stats"]["fua_writes"])')
+  fua_after=$(export_stat fua_writes)
   [ $((fua_after - fua_before)) -ge 64 ] || fail "FUA writes did not arrive as FUA ($fua_before -> $fua_after)"
   stop_daemon || fail "daemon exit status"
   [ ! -e /dev/ublkb0 ] || fail "the device was not removed on shutdown"
