@@ -30,7 +30,12 @@ struct DeviceProperties {
            d.read_only_ = std::get<bool>(v);
            return Status{};
          }},
-        {"capacity", PropType::kUint64, kAfterConnect, kNone, INFO_GETTER(capacity, uint64_t), nullptr},
+        {"capacity", PropType::kUint64, kAfterConnect, kNone,
+         [](const Device& d) {
+           const DeviceInfo& i = d.info();
+           return PropValue(i.can_grow ? d.driver_->current_capacity(i.capacity) : i.capacity);
+         },
+         nullptr},
         {"max-queues", PropType::kInt, kAfterConnect, kNone, INFO_GETTER(max_queues, int), nullptr},
         {"num-queues", PropType::kInt, kAfterConnect, kConnected,
          [](const Device& d) { return PropValue(d.num_queues_); },

@@ -123,6 +123,10 @@ class Driver {
   virtual Result<AllocationExtent> extent_at(uint64_t /*offset*/, uint64_t len) {
     return AllocationExtent{len, false};
   }
+
+  // The capacity now, for devices that can grow (can-grow): writes past the
+  // end extend them, and the capacity property follows.
+  virtual uint64_t current_capacity(uint64_t connected_capacity) { return connected_capacity; }
 };
 
 // Registry of driver factories, by name.

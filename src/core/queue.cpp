@@ -227,7 +227,7 @@ const char* Queue::rw_error(uint64_t offset, const void* buf, uint64_t len) cons
 
 const char* Queue::check_range(uint64_t offset, uint64_t len) const {
   if ((offset | len) & lim_.req_mask) return "request start and length must be multiples of request-alignment";
-  if (offset > lim_.capacity || len > lim_.capacity - offset) return "request is beyond the end of the device";
+  if (offset > lim_.end || len > lim_.end - offset) return "request is beyond the end of the device";
   return nullptr;
 }
 

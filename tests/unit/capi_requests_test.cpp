@@ -69,20 +69,80 @@ TEST_F(Requests, MisalignedBuffer) {
   expect_error(-EINVAL);
 }
 
-TEST_F(Requests, OutOfRange) {
-  blkioq_read(q_, cap_, buf_, 4096, nullptr, 0);
-  expect_error(-EINVAL);
-  blkioq_read(q_, cap_ - 4096, buf_, 8192, nullptr, 0);
-  expect_error(-EINVAL);
-  blkioq_write(q_, UINT64_MAX - 4095, buf_, 4096, nullptr, 0);  // wraps around
-  expect_error(-EINVAL);
-  blkioq_write_zeroes(q_, cap_, 4096, nullptr, 0);
-  expect_error(-EINVAL);
-  blkioq_discard(q_, 0, cap_ + 4096, nullptr, 0);
-  expect_error(-EINVAL);
+// Devices of fixed size (here: null) refuse requests past their end.
+TEST(RequestsFixedSize, OutOfRange) {
+  Blkio b("null");
+  const uint64_t cap = 1 << 20;
+  b.open({{"size", std::to_string(cap)}});
+  blkioq* q = blkio_get_queue(b, 0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 8192), 0);
+  auto expect = [&](int err) {
+    blkio_completion c = wait_one(q);
+    EXPECT_EQ(c.ret, err);
+    if (err != 0) {
+      EXPECT_NE(c.error_msg, nullptr);
+    }
+  };
+  bool grows = true;
+  ASSERT_EQ(blkio_get_bool(b, "can-grow", &grows), 0);
+  EXPECT_FALSE(grows);
+  blkioq_read(q, cap, buf, 4096, nullptr, 0);
+  expect(-EINVAL);
+  blkioq_read(q, cap - 4096, buf, 8192, nullptr, 0);
+  expect(-EINVAL);
+  blkioq_write(q, cap, buf, 4096, nullptr, 0);
+  expect(-EINVAL);
+  blkioq_write(q, UINT64_MAX - 4095, buf, 4096, nullptr, 0);  // wraps around
+  expect(-EINVAL);
+  blkioq_write_zeroes(q, cap, 4096, nullptr, 0);
+  expect(-EINVAL);
+  blkioq_discard(q, 0, cap + 4096, nullptr, 0);
+  expect(-EINVAL);
   // The last block is fine.
-  blkioq_read(q_, cap_ - 4096, buf_, 4096, nullptr, 0);
+  blkioq_read(q, cap - 4096, buf, 4096, nullptr, 0);
+  expect(0);
+  free(buf);
+}
+
+// Regular files can grow, as with libblkio's io_uring driver: reads past the
+// end read zeroes, writes past it extend the file and capacity follows.
+// Requests that wrap around the 64-bit offset space are still refused.
+TEST_F(Requests, RegularFileGrows) {
+  bool grows = false;
+  ASSERT_EQ(blkio_get_bool(*b_, "can-grow", &grows), 0);
+  EXPECT_TRUE(grows);
+  // A read straddling the end: the file's tail, then zeroes.
+  file_->write_at(cap_ - 4096, std::string(4096, 't'));
+  memset(buf_, 0x55, 8192);
+  blkioq_read(q_, cap_ - 4096, buf_, 8192, nullptr, 0);
   expect_error(0);
+  EXPECT_EQ(std::string(static_cast<char*>(buf_), 4096), std::string(4096, 't'));
+  EXPECT_EQ(std::string(static_cast<char*>(buf_) + 4096, 4096), std::string(4096, '\0'));
+  // A vectored read wholly past the end: zeroes.
+  memset(buf_, 0x55, 8192);
+  struct iovec iov[2] = {{buf_, 4096}, {static_cast<char*>(buf_) + 4096, 4096}};
+  blkioq_readv(q_, cap_ + 65536, iov, 2, nullptr, 0);
+  expect_error(0);
+  EXPECT_EQ(std::string(static_cast<char*>(buf_), 8192), std::string(8192, '\0'));
+  // A write past the end extends the file; capacity follows; it reads back
+  // through the same queue (whose idea of the size was stale).
+  memset(buf_, 'w', 4096);
+  blkioq_write(q_, cap_ + 8192, buf_, 4096, nullptr, 0);
+  expect_error(0);
+  uint64_t now = 0;
+  ASSERT_EQ(blkio_get_uint64(*b_, "capacity", &now), 0);
+  EXPECT_EQ(now, cap_ + 12288);
+  memset(buf_, 0, 12288);
+  blkioq_read(q_, cap_, buf_, 12288, nullptr, 0);
+  expect_error(0);
+  EXPECT_EQ(std::string(static_cast<char*>(buf_), 8192), std::string(8192, '\0'));
+  EXPECT_EQ(std::string(static_cast<char*>(buf_) + 8192, 4096), std::string(4096, 'w'));
+  // Wrap-around is still an error.
+  blkioq_write(q_, UINT64_MAX - 4095, buf_, 4096, nullptr, 0);
+  expect_error(-EINVAL);
+  blkioq_discard(q_, UINT64_MAX - 4095, 8192, nullptr, 0);
+  expect_error(-EINVAL);
 }
 
 TEST_F(Requests, BadFlags) {
@@ -160,7 +220,7 @@ TEST_F(Requests, UserDataRoundTrips) {
 TEST_F(Requests, ErrorsNeverCrashWithGarbage) {
   // Enqueue-time checks run before the buffer is touched, so wild pointers
   // in malformed requests are harmless.
-  blkioq_read(q_, cap_ * 2, reinterpret_cast<void*>(0x1000), 4096, nullptr, 0);
+  blkioq_read(q_, UINT64_MAX - 4095, reinterpret_cast<void*>(0x1000), 8192, nullptr, 0);
   expect_error(-EINVAL);
   blkioq_write(q_, 3, nullptr, 4096, nullptr, 0);
   expect_error(-EINVAL);

@@ -93,7 +93,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   i.optimal_buf_alignment = static_cast<int>(page_size());
   i.supports_fua_natively = true;  // RWF_DSYNC on the write itself
   i.fua_native_write_zeroes = false;
-  i.can_grow = false;
+  i.can_grow = !is_block;
   i.supports_write_zeroes = true;
 
   if (is_block) {
@@ -147,7 +147,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   }
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
-  target_ = IoUringTarget{raw, is_block, direct};
+  target_ = IoUringTarget{raw, is_block, direct, !is_block};
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);
 
@@ -226,6 +226,12 @@ Result<AllocationExtent> IoUringDriver::extent_at(uint64_t offset, uint64_t len)
   off_t hole = ::lseek(target_.fd, static_cast<off_t>(offset), SEEK_HOLE);
   if (hole < 0 || static_cast<uint64_t>(hole) <= offset) return AllocationExtent{len, false};
   return AllocationExtent{std::min<uint64_t>(len, static_cast<uint64_t>(hole) - offset), false};
+}
+
+uint64_t IoUringDriver::current_capacity(uint64_t connected_capacity) {
+  struct stat st {};
+  if (!target_.can_grow || ::fstat(target_.fd, &st) != 0) return connected_capacity;
+  return static_cast<uint64_t>(st.st_size);
 }
 
 }  // namespace blkstack

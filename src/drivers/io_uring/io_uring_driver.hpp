@@ -15,6 +15,9 @@ struct IoUringTarget {
   int fd = -1;
   bool is_block = false;
   bool direct = false;
+  // Regular files grow: reads past the end read zeroes, writes past it
+  // extend the file (as real libblkio's io_uring driver does).
+  bool can_grow = false;
 };
 
 // How many mapped regions get an io_uring fixed-buffer slot; regions beyond
@@ -31,6 +34,7 @@ class IoUringDriver final : public Driver {
   Status map_region(MappedRegion& r) override;
   void unmap_region(const MappedRegion& r) override;
   Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len) override;
+  uint64_t current_capacity(uint64_t connected_capacity) override;
 
  private:
   friend struct IoUringProperties;

@@ -4,6 +4,7 @@
 #include <linux/fs.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
@@ -29,6 +30,7 @@ Status IoUringQueue::init(unsigned entries) {
   sq_entries_ = ring->sq.ring_entries;
   sq_mask_ = ring->sq.ring_mask;
 
+  if (target_.can_grow) fast_read_end_ = 0;  // looked up on the first read
   sqe_fd_ = target_.fd;
   if (io_uring_register_files(ring, &target_.fd, 1) == 0) {
     sqe_fd_ = 0;
@@ -122,6 +124,15 @@ inline void fill_rw(io_uring_sqe* s, uint8_t opcode, uint8_t flags, int fd, cons
 static_assert(IORING_OP_WRITE_FIXED == IORING_OP_READ_FIXED + 1 && IORING_OP_WRITE == IORING_OP_READ + 1);
 static_assert(kReqFua == 1 && RWF_DSYNC == 2);
 
+// Zeroes everything in iov after the first `from` bytes.
+void zero_iov_tail(const struct iovec* iov, int iovcnt, uint64_t from) {
+  for (int i = 0; i < iovcnt; i++) {
+    const uint64_t n = iov[i].iov_len;
+    if (from < n) std::memset(static_cast<char*>(iov[i].iov_base) + from, 0, n - from);
+    from = from > n ? from - n : 0;
+  }
+}
+
 }  // namespace
 
 // The hot path: a read or write into a free SQE, every field written once.
@@ -129,7 +140,8 @@ static_assert(kReqFua == 1 && RWF_DSYNC == 2);
 void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
   io_uring_sq& sq = ring_.get()->sq;
   const unsigned tail = sq.sqe_tail;
-  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk) [[unlikely]] {
+  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || (offset + len > fast_read_end_ && tag.op() != Op::kWrite))
+      [[unlikely]] {
     return enqueue_rw_slow(tag, offset, buf, len, region);
   }
   sq.sqe_tail = tail + 1;
@@ -147,6 +159,18 @@ void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t le
   }
   fill_rw(&sq.sqes[tail & sq_mask_], opcode, sqe_flags_, sqe_fd_, buf, static_cast<uint32_t>(len), offset,
           (tag.flags() & kReqFua) << 1, buf_index, tag.slot());
+}
+
+void IoUringQueue::enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
+                                   const MappedRegion* region) {
+  if (target_.can_grow && offset + len > fast_read_end_) {
+    // The file may have grown since we last looked (writes through any queue
+    // or process): look again, and take the fast path if it has.
+    struct stat st {};
+    if (::fstat(target_.fd, &st) == 0) fast_read_end_ = static_cast<uint64_t>(st.st_size);
+    if (offset + len <= fast_read_end_) return enqueue_rw(tag, offset, buf, len, region);
+  }
+  DriverQueue::enqueue_rw(tag, offset, buf, len, region);
 }
 
 IoUringQueue::Tracked& IoUringQueue::track(uint32_t slot, const Request& req) {
@@ -283,8 +307,14 @@ void IoUringQueue::on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, 
       if (t.done >= r.len) return owner.complete(slot, 0);
       return issue_data(slot, t);  // a short or chunked transfer: continue it
     case Op::kReadv:
+      if (res >= 0 && static_cast<uint64_t>(res) < r.len && target_.can_grow) {
+        // Past the end of a growable file: the rest reads as zeroes.
+        zero_iov_tail(r.iov, r.iovcnt, static_cast<uint64_t>(res));
+        return owner.complete(slot, 0);
+      }
+      [[fallthrough]];
     case Op::kWritev:
-      // A short vectored transfer only happens when the file shrank.
+      // Otherwise a short vectored transfer only happens when the file shrank.
       return owner.complete(slot, res < 0 ? res : static_cast<uint64_t>(res) == r.len ? 0 : -EIO);
     case Op::kWriteZeroes:
       if (res == -EOPNOTSUPP || (res == -EINVAL && !target_.is_block)) {

@@ -46,9 +46,7 @@ class IoUringQueue final : public DriverQueue {
   };
 
   [[gnu::noinline]] void enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
-                                         const MappedRegion* region) {
-    DriverQueue::enqueue_rw(tag, offset, buf, len, region);
-  }
+                                         const MappedRegion* region);
   io_uring_sqe* sqe() {
     io_uring_sqe* s = io_uring_get_sqe(ring_.get());
     return s ? s : sqe_slow();
@@ -73,6 +71,11 @@ class IoUringQueue final : public DriverQueue {
   uint8_t sqe_flags_ = 0;
   bool fixed_buffers_ = false;
   unsigned sq_head_ = 0;  // a possibly stale copy of the kernel's SQ head
+  // Reads ending past this take the tracked path, which zero-fills what lies
+  // beyond the end of a growable file. The file's size when last looked at;
+  // UINT64_MAX for devices that cannot grow (the core's range check rules
+  // out reads past their end).
+  uint64_t fast_read_end_ = UINT64_MAX;
   unsigned sq_entries_ = 0;
   unsigned sq_mask_ = 0;
   DriverQueueStats stats_;

@@ -96,7 +96,11 @@ void Connection::fail(std::string_view why) {
 void Connection::maybe_destroy() {
   if (destroyed_) return;
   if (!stopping_ && !dead_) return;
-  if (in_flight_ > 0 || recv_pending_ || send_pending_) return;
+  // A write still waiting for its payload is counted in flight, but once the
+  // connection stops the payload will never come: it is not waited for (the
+  // destructor frees it).
+  const unsigned in_device = in_flight_ - (payload_req_ ? 1 : 0);
+  if (in_device > 0 || recv_pending_ || send_pending_) return;
   if (!dead_ && (!out_.empty() || (tls_ && !tls_->ciphertext_out().empty()))) {
     reactor_.defer(*this);  // let the last replies go out first
     return;
@@ -188,6 +192,10 @@ void Connection::on_recv(int res) {
     wpos_ += static_cast<size_t>(res);
   }
   process_input();
+  // Input that arrives after the connection failed (bytes the client sent
+  // before it vanished) is dropped; this recv may have been the last thing
+  // keeping the connection alive.
+  maybe_destroy();
 }
 
 // Everything that happens when input may have arrived: the state machines
