@@ -306,7 +306,8 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
   };
   if (e.ublk) {
     return {{"id", id}, {"type", "ublk"}, {"device", e.address}, {"blockdev", e.blockdev},
-            {"dev_id", e.ublk->dev_id()}, {"recovered", e.ublk->recovered()}, {"stats", stats_json(e.ublk->snapshot(), 0)}};
+            {"dev_id", e.ublk->dev_id()}, {"recovered", e.ublk->recovered()}, {"stats", stats_json(e.ublk->snapshot(), 0)},
+            {"queue_requests", e.ublk->queue_requests()}};
   }
   const nbd::ExportInfo& info = e.nbd->info();
   StatsSnapshot s = e.nbd->snapshot();

@@ -264,4 +264,10 @@ StatsSnapshot UblkExport::snapshot() const {
   return s;
 }
 
+std::vector<uint64_t> UblkExport::queue_requests() const {
+  std::vector<uint64_t> n;
+  for (auto& shard : stats_) n.push_back(shard->requests.load(std::memory_order_relaxed));
+  return n;
+}
+
 }  // namespace blkstack::ublk

@@ -43,6 +43,8 @@ class UblkExport {
   std::string block_device() const { return block_dev_path(dev_id_); }
   bool recovered() const { return recovered_; }
   StatsSnapshot snapshot() const;
+  // Requests completed by each hardware queue (how the kernel spread them).
+  std::vector<uint64_t> queue_requests() const;
 
  private:
   UblkExport(const UblkExportConfig& c, BlockDevice& d) : config_(c), device_(d) {}
