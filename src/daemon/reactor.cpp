@@ -17,7 +17,11 @@ Status Reactor::init(unsigned entries) {
   p.flags = IORING_SETUP_CQSIZE;
   p.cq_entries = entries * 4;
   if (Status s = ring_.init(entries, p, optional); !s) return s;
-  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  // Blocking on purpose: it is only read through the ring, and some kernels
+  // answer an io_uring read of an O_NONBLOCK file with -EAGAIN instead of
+  // waiting, which would make the mailbox spin. Writers never block (the
+  // counter cannot come near overflow).
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC));
   if (!wake_fd_.valid()) return errno_error("eventfd");
   return {};
 }

@@ -21,44 +21,33 @@
 #include "exports/nbd/handshake.hpp"
 #include "exports/nbd/protocol.hpp"
 #include "exports/nbd/transmission.hpp"
+#include "nbd_map_catalog.hpp"
 
 using namespace blkstack::nbd;
 
 namespace {
 
-class FixedCatalog : public ExportCatalog {
- public:
-  FixedCatalog() {
-    ExportInfo a;
-    a.name = "";
-    a.description = "blkstack default export";
-    a.size = 1ull << 30;
-    a.can_flush = a.can_fua = a.can_trim = a.can_write_zeroes = a.can_cache = a.can_block_status = true;
-    exports_[a.name] = a;
-    ExportInfo b;
-    b.name = "second";
-    b.description = "blkstack second export";
-    b.size = 100ull << 20;
-    b.can_flush = b.can_fua = b.can_write_zeroes = b.can_fast_zero = b.can_multi_conn = true;
-    b.rotational = b.can_block_status = true;
-    b.min_block = 512;
-    b.preferred_block = 4096;
-    b.max_block = 1u << 20;
-    exports_[b.name] = b;
-  }
-  const ExportInfo* find(std::string_view n) const override {
-    auto it = exports_.find(std::string(n));
-    return it == exports_.end() ? nullptr : &it->second;
-  }
-  std::vector<const ExportInfo*> list() const override {
-    std::vector<const ExportInfo*> v;
-    for (auto& [k, e] : exports_) v.push_back(&e);
-    return v;
-  }
-
- private:
-  std::map<std::string, ExportInfo> exports_;
-};
+// "" (1 GiB, every feature) and "second" (100 MiB, rotational, 512/4K/1M blocks).
+blkstack::nbd::test::MapCatalog fixed_catalog() {
+  blkstack::nbd::test::MapCatalog c;
+  ExportInfo a;
+  a.name = "";
+  a.description = "blkstack default export";
+  a.size = 1ull << 30;
+  a.can_flush = a.can_fua = a.can_trim = a.can_write_zeroes = a.can_cache = a.can_block_status = true;
+  c.add(a);
+  ExportInfo b;
+  b.name = "second";
+  b.description = "blkstack second export";
+  b.size = 100ull << 20;
+  b.can_flush = b.can_fua = b.can_write_zeroes = b.can_fast_zero = b.can_multi_conn = true;
+  b.rotational = b.can_block_status = true;
+  b.min_block = 512;
+  b.preferred_block = 4096;
+  b.max_block = 1u << 20;
+  c.add(b);
+  return c;
+}
 
 bool write_all(int fd, const uint8_t* p, size_t n) {
   while (n > 0) {
@@ -183,7 +172,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  FixedCatalog cat;
+  auto cat = fixed_catalog();
   int ls = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;

@@ -7,25 +7,23 @@
 namespace blkstack::nbd::test {
 namespace {
 
-Bytes compact_request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint32_t len) {
+// A request header as the spec lays it out; extended headers carry a 64-bit length.
+Bytes request_header(uint32_t magic, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint64_t len,
+                     int len_bytes) {
   Bytes b;
-  append_be(b, kRequestMagic, 4);
+  append_be(b, magic, 4);
   append_be(b, flags, 2);
   append_be(b, type, 2);
   append_be(b, cookie, 8);
   append_be(b, offset, 8);
-  append_be(b, len, 4);
+  append_be(b, len, len_bytes);
   return b;
 }
+Bytes compact_request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint32_t len) {
+  return request_header(kRequestMagic, flags, type, cookie, offset, len, 4);
+}
 Bytes extended_request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint64_t len) {
-  Bytes b;
-  append_be(b, kExtendedRequestMagic, 4);
-  append_be(b, flags, 2);
-  append_be(b, type, 2);
-  append_be(b, cookie, 8);
-  append_be(b, offset, 8);
-  append_be(b, len, 8);
-  return b;
+  return request_header(kExtendedRequestMagic, flags, type, cookie, offset, len, 8);
 }
 
 TEST(ParseRequest, Compact) {

@@ -13,6 +13,7 @@
 
 #include "exports/nbd/handshake.hpp"
 #include "exports/nbd/protocol.hpp"
+#include "nbd_map_catalog.hpp"
 
 namespace blkstack::nbd::test {
 
@@ -23,24 +24,6 @@ inline void append_be(Bytes& b, uint64_t v, int bytes) {
 }
 inline void append(Bytes& b, std::string_view s) { b.insert(b.end(), s.begin(), s.end()); }
 inline void append(Bytes& b, const Bytes& s) { b.insert(b.end(), s.begin(), s.end()); }
-
-class MapCatalog : public ExportCatalog {
- public:
-  void add(ExportInfo e) { exports_[e.name] = std::move(e); }
-  ExportInfo& at(const std::string& n) { return exports_.at(n); }
-  const ExportInfo* find(std::string_view name) const override {
-    auto it = exports_.find(std::string(name));
-    return it == exports_.end() ? nullptr : &it->second;
-  }
-  std::vector<const ExportInfo*> list() const override {
-    std::vector<const ExportInfo*> v;
-    for (auto& [k, e] : exports_) v.push_back(&e);
-    return v;
-  }
-
- private:
-  std::map<std::string, ExportInfo> exports_;
-};
 
 // "" (default, writable, everything on) and "second" (read-only, 4K blocks).
 inline MapCatalog standard_catalog() {

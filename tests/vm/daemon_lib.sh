@@ -11,6 +11,8 @@ BLKSTACK=$BUILD/tools/blkstack/blkstack
 SCRATCH=$(mktemp -d /var/tmp/vmtest.XXXXXX)
 DAEMON_PID=""
 CTL=$SCRATCH/ctl
+# Words put before the daemon's command line (e.g. setpriv to drop root).
+DAEMON_WRAPPER=()
 
 log() { vm_log "$@"; }
 fail() { vm_fail "$@"; }
@@ -20,9 +22,10 @@ fail() { vm_fail "$@"; }
 start_daemon() {
   local fifo=$SCRATCH/ready.$RANDOM
   mkfifo "$fifo"
-  "$BLKSTACK" serve --ready-fd 3 --control "$CTL" "$@" 3>"$fifo" >>"$SCRATCH/daemon.log" 2>&1 &
+  "${DAEMON_WRAPPER[@]}" "$BLKSTACK" serve --ready-fd 3 --control "$CTL" "$@" 3>"$fifo" >>"$SCRATCH/daemon.log" 2>&1 &
   DAEMON_PID=$!
-  if ! timeout 60 head -c 8 "$fifo" >/dev/null; then
+  # The daemon writes READY=1 once listening; EOF without it means it died.
+  if ! timeout 60 head -c 8 "$fifo" | grep -q READY=1; then
     cat "$SCRATCH/daemon.log" >&2
     fail "the daemon did not become ready"
   fi

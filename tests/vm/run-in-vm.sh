@@ -259,19 +259,34 @@ if [ "$VERBOSE" = 1 ]; then
   echo "$PROG: kernel $KVER, $ACCEL, ${CPUS} vCPUs, ${MEM} MiB" >&2
   printf '%q ' "${QEMU[@]}" >&2; echo >&2
 fi
-if [ "$SHELL_MODE" = 1 ]; then
-  # --foreground: QEMU must stay in the terminal's process group to read it.
-  # (An explicit <&0: bash gives background jobs /dev/null as stdin.)
-  timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" <&0 &
-else
-  timeout -k 5 "$TIMEOUT" "${QEMU[@]}" </dev/null &
-fi
-QPID=$!
-set +e
-wait "$QPID"
-QRC=$?
-set -e
-QPID=""
+# Multi-threaded TCG now and then runs a stale translation of kernel code the
+# kernel has just patched (static keys: an int3 left in place), and the guest
+# oopses while booting. Nothing of the script has run then, so boot again
+# (twice at most); a crash once the script started is the script's verdict.
+boot_attempts=0
+while :; do
+  boot_attempts=$((boot_attempts + 1))
+  if [ "$SHELL_MODE" = 1 ]; then
+    # --foreground: QEMU must stay in the terminal's process group to read it.
+    # (An explicit <&0: bash gives background jobs /dev/null as stdin.)
+    timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" <&0 &
+  else
+    timeout -k 5 "$TIMEOUT" "${QEMU[@]}" </dev/null &
+  fi
+  QPID=$!
+  set +e
+  wait "$QPID"
+  QRC=$?
+  set -e
+  QPID=""
+  if [ "$SHELL_MODE" = 0 ] && [ "$ACCEL" = tcg ] && [ "$boot_attempts" -lt 3 ] && [ ! -f "$CTL/boot-uptime" ] &&
+    [ "$QRC" != 124 ] && [ "$QRC" != 137 ] && grep -qE 'Oops:|Kernel panic' "$CONSOLE" 2>/dev/null; then
+    echo "$PROG: the guest kernel crashed while booting under TCG ($(grep -m1 -oE 'Oops:[^[]*|Kernel panic.*' "$CONSOLE")); booting again" >&2
+    mv -f -- "$CONSOLE" "$CONSOLE.crash$boot_attempts"
+    continue
+  fi
+  break
+done
 [ -n "$LOGFILE" ] && cp -- "$CONSOLE" "$LOGFILE"
 
 # ---- the verdict ------------------------------------------------------------------

@@ -26,13 +26,13 @@ Result<NbdExportConfig> parse_nbd_export(const KeyValueList& spec) {
       c.id = v;
     } else if (k == "readonly") {
       auto b = parse_switch(k, v);
-      if (!b) return b.status();
+      if (!b) return error(-EINVAL, "nbd export: {}", b.status().message());
       c.read_only = *b;
     } else if (k == "tls") {
       if (v == "off") c.tls = TlsMode::kOff;
       else if (v == "on") c.tls = TlsMode::kOn;
       else if (v == "require") c.tls = TlsMode::kRequire;
-      else return error(-EINVAL, "tls={}: expected off, on or require", v);
+      else return error(-EINVAL, "nbd export: tls={}: expected off, on or require", v);
     } else {
       return error(-EINVAL, "nbd export: unknown option '{}'", k);
     }

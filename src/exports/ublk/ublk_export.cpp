@@ -25,6 +25,7 @@ Result<UblkExportConfig> parse_ublk_export(const KeyValueList& spec) {
     }
     return static_cast<uint64_t>(n);
   };
+  bool recovery_set = false;
   for (auto& [k, v] : spec.items) {
     if (k == "blockdev") {
       c.blockdev = v;
@@ -54,8 +55,9 @@ Result<UblkExportConfig> parse_ublk_export(const KeyValueList& spec) {
       else return error(-EINVAL, "ublk export: copy={}: expected kernel, get-data or user", v);
     } else if (k == "recovery" || k == "unprivileged") {
       auto b = parse_switch(k, v);
-      if (!b) return b.status();
+      if (!b) return error(-EINVAL, "ublk export: {}", b.status().message());
       (k == "recovery" ? c.recovery : c.unprivileged) = *b;
+      recovery_set |= k == "recovery";
     } else {
       return error(-EINVAL, "ublk export: unknown option '{}'", k);
     }
@@ -63,6 +65,12 @@ Result<UblkExportConfig> parse_ublk_export(const KeyValueList& spec) {
   if (c.blockdev.empty()) return error(-EINVAL, "ublk export: blockdev= is required");
   if (c.unprivileged && c.mode == CopyMode::kUser) {
     return error(-EINVAL, "ublk export: copy=user is not available to unprivileged devices");
+  }
+  // The kernel refuses recovery to unprivileged devices (it could stall
+  // error handling): off by default there, an error when asked for.
+  if (c.unprivileged && c.recovery) {
+    if (recovery_set) return error(-EINVAL, "ublk export: recovery is not available to unprivileged devices");
+    c.recovery = false;
   }
   if (c.id.empty()) c.id = c.dev_id >= 0 ? "ublk" + std::to_string(c.dev_id) : "ublk-" + c.blockdev;
   return c;
@@ -178,6 +186,23 @@ void UblkExport::close_queues() {
   queues_.clear();
 }
 
+namespace {
+// An unprivileged device's commands are checked against the permissions of
+// its char device, which the kernel creates root-owned: udev (ublksrv's rule)
+// gives it to the user who added it. Wait for that, as ublksrv does.
+Status wait_for_char_dev_access(uint32_t dev_id) {
+  std::string path = char_dev_path(dev_id);
+  for (int i = 0; i < 300; i++) {
+    if (::access(path.c_str(), R_OK | W_OK) == 0) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return error(-EACCES,
+               "ublk: {} is not accessible to this user after 3 s: unprivileged devices need a udev rule that "
+               "gives new ublk devices to their owner (as ublksrv's)",
+               path);
+}
+}  // namespace
+
 Result<std::unique_ptr<UblkExport>> UblkExport::create(const UblkExportConfig& config, BlockDevice& device,
                                                        const std::vector<Reactor*>& reactors) {
   std::unique_ptr<UblkExport> e(new UblkExport(config, device));
@@ -235,9 +260,22 @@ Result<std::unique_ptr<UblkExport>> UblkExport::create(const UblkExportConfig& c
   if (config.mode == CopyMode::kGetData) info.flags |= kFNeedGetData;
   if (config.recovery) info.flags |= kFUserRecovery | kFUserRecoveryReissue;
   if (config.unprivileged) info.flags |= kFUnprivilegedDev;
-  if (Status s = e->control_->add_dev(info); !s) return s;
+  if (Status s = e->control_->add_dev(info); !s) {
+    if (s.code() == -EPERM && !config.unprivileged) {
+      return error(-EPERM, "{}: without CAP_SYS_ADMIN only unprivileged devices (unprivileged=on) may be added",
+                   s.message());
+    }
+    return s;
+  }
   e->dev_id_ = info.dev_id;
   e->added_ = true;
+  // The kernel makes root's devices privileged whatever was asked, and the
+  // path prefix of later commands depends on what it made.
+  bool unprivileged = info.flags & kFUnprivilegedDev;
+  e->control_->set_unprivileged(unprivileged);
+  if (unprivileged) {
+    if (Status s = wait_for_char_dev_access(e->dev_id_); !s) return s;
+  }
   if (Status s = e->control_->set_params(e->dev_id_, e->params()); !s) return s;
   if (Status s = e->open_queues(reactors, nr_queues, config.depth, config.max_io_bytes); !s) return s;
   if (Status s = e->control_->start_dev(e->dev_id_, getpid()); !s) return s;
