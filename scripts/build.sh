@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds blkstack. Usage: scripts/build.sh [release|asan|tsan] (default release).
-# Build trees: build/, build-asan/, build-tsan/.
+# Builds blkstack. Usage: scripts/build.sh [release|asan|tsan] [NINJA TARGET...]
+# (default: release, everything). Build trees: build/, build-asan/, build-tsan/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
@@ -11,4 +11,5 @@ case "$kind" in
   *) echo "usage: $0 [release|asan|tsan]" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" -G Ninja "${flags[@]}" >/dev/null
-ninja -C "$dir"
+shift || true
+ninja -C "$dir" "$@"

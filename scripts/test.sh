@@ -55,7 +55,8 @@ fi
 
 current="ASan+UBSan build"
 step "$current"
-scripts/build.sh asan
+# Unit tests, and the daemon for the hostile-client test.
+scripts/build.sh asan unit-tests blkstack
 current="ASan+UBSan tests"
 step "$current"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -68,7 +69,7 @@ fi
 
 current="TSan build"
 step "$current"
-scripts/build.sh tsan
+scripts/build.sh tsan unit-tests
 current="TSan tests"
 step "$current"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build-tsan --output-on-failure -LE 'vm|interop'
