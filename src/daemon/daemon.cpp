@@ -130,7 +130,7 @@ Status Daemon::add_ublk_export(const KeyValueList& spec) {
   dev->second->users++;
   exports_[cfg->id] = Export{"ublk", e->block_device(), cfg->blockdev, nullptr, e};
   spdlog::info("daemon: export added id={} type=ublk device={} blockdev={} queues={} depth={} copy={} recovered={}",
-               cfg->id, e->block_device(), cfg->blockdev, cfg->queues ? cfg->queues : reactors_.size(), cfg->depth,
+               cfg->id, e->block_device(), cfg->blockdev, e->queue_requests().size(), cfg->depth,
                cfg->mode == ublk::CopyMode::kUser ? "user" : cfg->mode == ublk::CopyMode::kGetData ? "get-data" : "kernel",
                e->recovered());
   return {};

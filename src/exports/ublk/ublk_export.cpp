@@ -112,7 +112,7 @@ Params UblkExport::params() const {
   b.io_opt_shift = d.optimal_io_size > 0 ? static_cast<uint8_t>(std::countr_zero(std::bit_floor(
                                                static_cast<uint32_t>(d.optimal_io_size))))
                                          : b.physical_bs_shift;
-  uint64_t max_bytes = config_.max_io_bytes;
+  uint64_t max_bytes = max_io_bytes_;
   if (d.max_transfer > 0) max_bytes = std::min<uint64_t>(max_bytes, static_cast<uint64_t>(d.max_transfer));
   b.max_sectors = static_cast<uint32_t>(max_bytes >> 9);
   b.dev_sectors = d.capacity >> 9;
@@ -269,6 +269,13 @@ Result<std::unique_ptr<UblkExport>> UblkExport::create(const UblkExportConfig& c
   }
   e->dev_id_ = info.dev_id;
   e->added_ = true;
+  // ADD_DEV answers with what the kernel made: at most one queue per CPU, an
+  // I/O size rounded to what it can map. Build on that, not on what we asked.
+  if (info.nr_hw_queues != nr_queues) {
+    spdlog::info("ublk: device {} has {} queues (asked for {}; the kernel allows one per CPU)", info.dev_id,
+                 info.nr_hw_queues, nr_queues);
+  }
+  e->max_io_bytes_ = info.max_io_buf_bytes;
   // The kernel makes root's devices privileged whatever was asked, and the
   // path prefix of later commands depends on what it made.
   bool unprivileged = info.flags & kFUnprivilegedDev;
@@ -276,8 +283,13 @@ Result<std::unique_ptr<UblkExport>> UblkExport::create(const UblkExportConfig& c
   if (unprivileged) {
     if (Status s = wait_for_char_dev_access(e->dev_id_); !s) return s;
   }
-  if (Status s = e->control_->set_params(e->dev_id_, e->params()); !s) return s;
-  if (Status s = e->open_queues(reactors, nr_queues, config.depth, config.max_io_bytes); !s) return s;
+  const Params params = e->params();
+  if (Status s = e->control_->set_params(e->dev_id_, params); !s) {
+    return error(s.code(), "{} (logical block {} bytes, physical {}, max {} sectors per request; the kernel takes blocks "
+                 "of 512 bytes up to a page)", s.message(), 1u << params.basic.logical_bs_shift,
+                 1u << params.basic.physical_bs_shift, params.basic.max_sectors);
+  }
+  if (Status s = e->open_queues(reactors, info.nr_hw_queues, info.queue_depth, info.max_io_buf_bytes); !s) return s;
   if (Status s = e->control_->start_dev(e->dev_id_, getpid()); !s) return s;
   e->started_ = true;
   return e;

@@ -58,6 +58,7 @@ class UblkExport {
   BlockDevice& device_;
   std::unique_ptr<Control> control_;
   uint32_t dev_id_ = 0;
+  uint32_t max_io_bytes_ = 0;  // what the kernel granted (ADD_DEV), for the parameters
   bool added_ = false;
   bool started_ = false;
   bool recovered_ = false;
