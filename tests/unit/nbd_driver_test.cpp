@@ -95,7 +95,9 @@ Status connect_only(const std::string& uri, std::vector<std::pair<std::string, s
 }
 
 struct Buf {
-  explicit Buf(size_t n) : p(static_cast<char*>(aligned_alloc(4096, n))), len(n) { memset(p, 0, n); }
+  explicit Buf(size_t n) : p(static_cast<char*>(aligned_alloc(4096, (n + 4095) / 4096 * 4096))), len(n) {
+    memset(p, 0, n);
+  }
   ~Buf() { free(p); }
   char* p;
   size_t len;

@@ -261,10 +261,13 @@ int run_bench(BenchOptions o) {
   return failures ? 1 : 0;
 }
 
-// `blkstack bench-one`: one in-process run, for callgrind.
+// `blkstack bench-one`: one run of one workload on any device: in-process
+// for a number of requests (under callgrind), or for --seconds (the driver
+// benchmarks under bench/ compare it with fio's engines).
 struct OneOptions {
   std::string lib, driver;
   std::vector<std::string> props;
+  double seconds = 0;
   uint64_t count = 100000;
   uint32_t bs = 4096, depth = 32;
   bool write = false, sequential = false;
@@ -278,12 +281,14 @@ int run_one(const OneOptions& o) {
     t.props.emplace_back(p.substr(0, eq), p.substr(eq + 1));
   }
   Workload w{"one", o.write, !o.sequential, o.bs, o.depth};
-  Measurement m = bench::run_library(o.lib, t, w, 0, o.count, true);
+  Measurement m = o.seconds > 0 ? bench::run_library(o.lib, t, w, o.seconds)
+                                : bench::run_library(o.lib, t, w, 0, o.count, true);
   if (!m.ok) {
     std::cerr << m.error << "\n";
     return 1;
   }
   std::cout << m.ios << " requests in " << m.seconds << " s\n";
+  std::cout << fmt::format("IOPS {:.0f}\n", m.iops());
   return 0;
 }
 
@@ -313,6 +318,7 @@ void add_bench_command(CLI::App& app) {
   one->add_option("--driver", oo.driver)->required();
   one->add_option("--prop", oo.props);
   one->add_option("--count", oo.count);
+  one->add_option("--seconds", oo.seconds, "time-based run (a child process) instead of --count");
   one->add_option("--bs", oo.bs);
   one->add_option("--depth", oo.depth);
   one->add_flag("--write", oo.write);

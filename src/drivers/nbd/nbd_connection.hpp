@@ -6,7 +6,9 @@
 
 #include <libnbd.h>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "blkstack/status.hpp"
@@ -17,6 +19,20 @@ struct NbdHandleCloser {
   void operator()(nbd_handle* h) const { nbd_close(h); }
 };
 using NbdHandle = std::unique_ptr<nbd_handle, NbdHandleCloser>;
+
+// A connection as the queues share it.
+struct NbdLink {
+  explicit NbdLink(NbdHandle h) : handle(std::move(h)) {}
+  nbd_handle* get() const { return handle.get(); }
+
+  NbdHandle handle;
+  // libnbd may be told of a read only when the socket is readable; told
+  // otherwise it stops sending until a reply comes, which may never come.
+  // Queues that share the connection hold this from the readiness check to
+  // the end of the read, so no other one empties the socket in between.
+  std::mutex reading;
+  std::atomic<int> queues{0};  // queues using it: > 1 means shared
+};
 
 // The last libnbd error as a Status (libnbd keeps it per thread).
 Status nbd_error(std::string_view what);

@@ -24,7 +24,7 @@ class NbdDriver final : public Driver {
  private:
   static NbdDriver& self(Driver& d) { return static_cast<NbdDriver&>(d); }
   static const NbdDriver& self(const Driver& d) { return static_cast<const NbdDriver&>(d); }
-  Result<std::shared_ptr<nbd_handle>> open_connection() const;
+  Result<std::shared_ptr<NbdLink>> open_connection() const;
 
   std::string uri_;
   std::string export_;
@@ -36,8 +36,8 @@ class NbdDriver final : public Driver {
   bool multi_conn_ = false;
   uint64_t size_ = 0;
   NbdCaps caps_;
-  std::shared_ptr<nbd_handle> first_;  // from connect until start
-  std::vector<std::shared_ptr<nbd_handle>> conns_;
+  std::shared_ptr<NbdLink> first_;  // from connect until start
+  std::vector<std::shared_ptr<NbdLink>> conns_;
   size_t next_conn_ = 0;
 };
 
@@ -80,10 +80,10 @@ std::span<const DriverProperty> NbdDriver::properties() const {
   return props;
 }
 
-Result<std::shared_ptr<nbd_handle>> NbdDriver::open_connection() const {
+Result<std::shared_ptr<NbdLink>> NbdDriver::open_connection() const {
   auto h = nbd_connect_within(full_uri_, connect_timeout_s_);
   if (!h) return h.status();
-  return std::shared_ptr<nbd_handle>(h->release(), NbdHandleCloser{});
+  return std::make_shared<NbdLink>(std::move(h.value()));
 }
 
 Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
@@ -93,7 +93,7 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   full_uri_ = *full;
   auto first = open_connection();
   if (!first) return first.status();
-  nbd_handle* h = first->get();
+  nbd_handle* h = (*first)->get();
 
   int64_t size = nbd_get_size(h);
   if (size < 0) return nbd_error("export size");
@@ -156,7 +156,7 @@ Status NbdDriver::start(int num_queues, int num_poll_queues) {
   while (static_cast<int>(conns_.size()) < want) {
     auto c = open_connection();
     if (!c) return c.status();
-    if (nbd_get_size(c->get()) != static_cast<int64_t>(size_)) {
+    if (nbd_get_size((*c)->get()) != static_cast<int64_t>(size_)) {
       return error(-EIO, "connection {} to {}: the export changed size", conns_.size(), full_uri_);
     }
     conns_.push_back(std::move(c.value()));

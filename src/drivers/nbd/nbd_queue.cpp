@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 
 #include <cerrno>
 
@@ -29,10 +28,11 @@ int libnbd_errno() {
 
 }  // namespace
 
-NbdQueue::NbdQueue(std::shared_ptr<nbd_handle> conn, NbdCaps caps) : conn_(std::move(conn)), caps_(caps) {
+NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps) : conn_(std::move(conn)), caps_(caps) {
+  conn_->queues++;
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-  sock_ = nbd_aio_get_fd(conn_.get());
+  sock_ = nbd_aio_get_fd(conn_->get());
   if (!ok()) return;
   // blkio(3): the completion fd is non-blocking (applications may read it).
   ::fcntl(epoll_.get(), F_SETFL, O_NONBLOCK);
@@ -51,15 +51,14 @@ NbdQueue::~NbdQueue() {
   while (true) {
     collect();
     if (in_flight_ == 0 || !connection_alive()) break;
-    pump(false);
-    if (in_flight_ == 0) break;
-    (void)wait(&tick, nullptr);
-    pump(true);
+    int err;
+    pump(wait(&tick, nullptr, err));
   }
+  conn_->queues--;
 }
 
 bool NbdQueue::connection_alive() const {
-  nbd_handle* h = conn_.get();
+  nbd_handle* h = conn_->get();
   return !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
 }
 
@@ -135,7 +134,7 @@ void NbdQueue::enqueue(uint32_t slot, const Request& req) {
 }
 
 void NbdQueue::issue(Cmd* c, const Request& req) {
-  nbd_handle* h = conn_.get();
+  nbd_handle* h = conn_->get();
   nbd_completion_callback done{.callback = &NbdQueue::on_command_done, .user_data = c, .free = nullptr};
   auto check = [&](int64_t cookie) {
     if (cookie < 0) fail_part(c, libnbd_errno());
@@ -182,42 +181,59 @@ void NbdQueue::issue(Cmd* c, const Request& req) {
   }
 }
 
-void NbdQueue::pump(bool always_read) {
-  nbd_handle* h = conn_.get();
-  if (!connection_alive()) return;
-  // Reading only when commands are out avoids a recv() that could only say
-  // EAGAIN (replies to other queues' commands count too). A caller woken by
-  // the completion fd reads anyway: the server may have hung up, and only a
-  // read notices (then the socket leaves the epoll set).
-  if (always_read || nbd_aio_in_flight(h) > 0) {
-    // libnbd reads one reply (or chunk) per notification and then waits in
-    // its READY state, even with more replies in the socket. An edge-style
-    // waiter (io_uring's multishot poll on our completion fd) would never be
-    // woken for those: read until the socket is empty.
-    while ((nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ) && nbd_aio_notify_read(h) == 0 &&
-           connection_alive()) {
-      int unread = 0;
-      if (::ioctl(nbd_aio_get_fd(h), FIONREAD, &unread) < 0 || unread == 0) break;
-    }
-  }
-  if (connection_alive() && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE)) nbd_aio_notify_write(h);
+bool NbdQueue::socket_readable() const {
+  pollfd p{nbd_aio_get_fd(conn_->get()), POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
 }
 
-int NbdQueue::wait(const struct timespec* timeout, const sigset_t* sig) {
+void NbdQueue::pump(Read read) {
+  nbd_handle* h = conn_->get();
+  if (!connection_alive()) return;
+  bool shared = conn_->queues.load(std::memory_order_relaxed) > 1;
+  std::unique_lock lock(conn_->reading, std::defer_lock);
+  if (shared) lock.lock();
+  if (read != Read::kNo) {
+    read_since_wait_ = true;
+    // Told of a read early, libnbd pauses a half-sent write to wait for a
+    // reply that cannot come (see NbdLink::reading): only when readable. And
+    // it reads one reply (or chunk) per notification, then waits in READY
+    // with more replies in the socket, where an edge-style waiter (io_uring's
+    // multishot poll on our completion fd) would never hear of them: read
+    // until the socket is empty. A hang-up reads as readable too, so a server
+    // that went away is noticed (the socket leaves the epoll set). On a
+    // shared connection another queue may have emptied the socket since
+    // poll() said readable: look again.
+    bool readable = (read == Read::kReadable && !shared) || socket_readable();
+    while (readable && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ)) {
+      if (nbd_aio_notify_read(h) < 0 || !connection_alive()) return;
+      readable = socket_readable();
+    }
+  }
+  if (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) nbd_aio_notify_write(h);
+}
+
+NbdQueue::Read NbdQueue::wait(const struct timespec* timeout, const sigset_t* sig, int& err) {
   pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {-1, 0, 0}};
   if (connection_alive()) {
-    unsigned dir = nbd_aio_get_direction(conn_.get());
-    fds[1].fd = nbd_aio_get_fd(conn_.get());
+    unsigned dir = nbd_aio_get_direction(conn_->get());
+    fds[1].fd = nbd_aio_get_fd(conn_->get());
     fds[1].events = POLLIN | ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
   }
+  err = 0;
   int r = ::ppoll(fds, 2, timeout, sig);
-  if (r < 0) return errno == EINTR ? -EINTR : -errno;
-  if (r == 0) return -ETIME;
+  if (r < 0) {
+    err = errno == EINTR ? -EINTR : -errno;
+    return Read::kNo;
+  }
+  if (r == 0) {
+    err = -ETIME;
+    return Read::kNo;
+  }
   if (fds[0].revents & POLLIN) {
     eventfd_t v;
     eventfd_read(wake_.get(), &v);
   }
-  return 0;
+  return (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) ? Read::kReadable : Read::kNo;
 }
 
 void NbdQueue::collect() {
@@ -258,7 +274,11 @@ static uint64_t mono_ns() {
 int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                       const sigset_t* sig) {
   Driving d(this);
-  pump(wait_for == 0);
+  // A caller that will wait goes to ppoll() first: a read now would mostly
+  // find nothing (two system calls for no reply at depth 1). A caller that will
+  // not wait was most likely woken by the completion fd: read.
+  read_since_wait_ = false;
+  pump(wait_for == 0 ? Read::kIfReadable : Read::kNo);
   collect();
   unsigned n = reap(owner, budget);
   int err = 0;
@@ -271,8 +291,7 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
         uint64_t rel = deadline > now ? deadline - now : 0;
         left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
       }
-      err = wait(deadline == UINT64_MAX ? nullptr : &left, sig);
-      pump(err == 0);
+      pump(wait(deadline == UINT64_MAX ? nullptr : &left, sig, err));
       collect();
       n += reap(owner, budget - n);
       if (err < 0) break;
@@ -281,14 +300,15 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   }
   // Nothing may stay unsent: a request half-written into a full socket would
   // wait for a wakeup that only its own reply could bring.
-  while (connection_alive() && (nbd_aio_get_direction(conn_.get()) & LIBNBD_AIO_DIRECTION_WRITE)) {
-    pollfd p{nbd_aio_get_fd(conn_.get()), POLLIN | POLLOUT, 0};
+  while (connection_alive() && (nbd_aio_get_direction(conn_->get()) & LIBNBD_AIO_DIRECTION_WRITE)) {
+    pollfd p{nbd_aio_get_fd(conn_->get()), POLLIN | POLLOUT, 0};
     if (::poll(&p, 1, -1) < 0 && errno != EINTR) break;
-    pump(true);
+    pump((p.revents & (POLLIN | POLLHUP | POLLERR)) ? Read::kReadable : Read::kNo);
   }
   collect();
-  // More finished than the budget allowed, or finished while sending.
-  if (ready_head_ < ready_.size()) notify();
+  // More finished than the budget allowed, or finished while sending; or
+  // replies may sit unread in the socket with their wakeup already spent.
+  if (ready_head_ < ready_.size() || (!read_since_wait_ && in_flight_ > 0)) notify();
   return n > 0 ? static_cast<int>(n) : err;
 }
 

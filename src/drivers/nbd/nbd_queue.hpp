@@ -25,7 +25,7 @@ struct NbdCaps {
 
 class NbdQueue final : public DriverQueue {
  public:
-  NbdQueue(std::shared_ptr<nbd_handle> conn, NbdCaps caps);
+  NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps);
   ~NbdQueue() override;
 
   void enqueue(uint32_t slot, const Request& req) override;
@@ -54,17 +54,21 @@ class NbdQueue final : public DriverQueue {
   void fail_part(Cmd* c, int err);         // an nbd_aio_* call refused a part
   void issue(Cmd* c, const Request& req);
 
-  // Reads replies and sends what libnbd still holds, without blocking.
-  void pump(bool always_read);
+  enum class Read { kNo, kIfReadable, kReadable };
+  // Reads every reply in the socket (unless kNo; kReadable: poll() just said
+  // so) and sends what libnbd still holds. Never blocks.
+  void pump(Read read);
+  bool socket_readable() const;
   // Blocks until the socket or the eventfd is ready, the timeout ends
-  // (-ETIME) or a signal arrives (-EINTR).
-  int wait(const struct timespec* timeout, const sigset_t* sig);
+  // (err -ETIME) or a signal arrives (err -EINTR). Says whether the socket is
+  // readable.
+  Read wait(const struct timespec* timeout, const sigset_t* sig, int& err);
   // Moves finished requests from other threads into ready_.
   void collect();
   unsigned reap(Queue& owner, unsigned budget);
   bool connection_alive() const;
 
-  std::shared_ptr<nbd_handle> conn_;
+  std::shared_ptr<NbdLink> conn_;
   NbdCaps caps_;
   UniqueFd wake_;   // eventfd: other threads finished our requests
   UniqueFd epoll_;  // the completion fd: the socket (readable) and wake_
@@ -77,6 +81,7 @@ class NbdQueue final : public DriverQueue {
   std::vector<std::unique_ptr<Cmd>> cmds_;  // every Cmd this queue made
   std::vector<Cmd*> free_;
   uint64_t in_flight_ = 0;  // Cmds issued and not yet reaped
+  bool read_since_wait_ = false;  // this process() call has drained the socket
   DriverQueueStats stats_;
 };
 
