@@ -85,6 +85,11 @@ mon data avail crit = 0
 osd max object name len = 460
 osd max object namespace len = 64
 osd heartbeat grace = 5
+# The OSD would place itself in the CRUSH map at boot with monitor commands
+# that race its first monitor map (intermittent 'wrong fsid' exits): start
+# places it instead, once.
+osd crush update on start = false
+osd class update on start = false
 mon osd down out interval = 0
 debug ms = 0
 [client]
@@ -138,7 +143,7 @@ start() {
   ceph -s --connect-timeout 5 >/dev/null || die "monitor did not answer (see $DIR/log/mon.a.log)"
   uuidgen > "$DIR/osd-uuid"
   ceph osd new "$(cat "$DIR/osd-uuid")" 0 >/dev/null
-  ceph osd crush add osd.0 1.0 host=localhost root=default >/dev/null 2>&1 || true
+  ceph osd crush add osd.0 1.0 host=localhost root=default >/dev/null 2>&1 || die "crush add failed"
   start_osd
   ceph osd pool create rbd 8 >/dev/null || die "pool create failed"
   rbd pool init rbd || die "rbd pool init failed"
