@@ -72,11 +72,16 @@ void RbdQueue::on_complete(rbd_completion_t c, void* arg) {
 void RbdQueue::post(Ctx* ctx, int res) {
   std::lock_guard<std::mutex> lock(mu_);
   posted_.push_back({ctx->slot, res, ctx});
-  // Only the first completion of a batch signals: the reaper reads the
-  // eventfd before it takes the batch, so later ones are taken with it.
+  // Only the first completion of a batch may signal, and only when someone
+  // listens: the queue's thread asleep in wait(), or an application
+  // watching the completion fd. A busy reaper finds the batch without a
+  // system call on librbd's completion thread (which all requests share).
   if (!has_posted_.load(std::memory_order_relaxed)) {
     has_posted_.store(true, std::memory_order_release);
-    eventfd_write(efd_.get(), 1);
+    if (sleeping_ || fd_enabled_.load(std::memory_order_relaxed)) {
+      signaled_ = true;
+      eventfd_write(efd_.get(), 1);
+    }
   }
 }
 
@@ -121,7 +126,7 @@ void RbdQueue::enqueue(uint32_t slot, const Request& req) {
   if (r < 0) {
     free_ctx_.push_back(ctx);
     ready_.push_back({slot, r, nullptr});
-    if (fd_enabled_) notify();
+    if (fd_enabled_.load(std::memory_order_relaxed)) notify();
     return;
   }
   in_flight_++;
@@ -129,14 +134,18 @@ void RbdQueue::enqueue(uint32_t slot, const Request& req) {
 
 void RbdQueue::collect() {
   if (!has_posted_.load(std::memory_order_acquire)) return;
-  // Reset the eventfd first: a completion posted after this read either
-  // lands in this batch or signals again.
-  eventfd_t v;
-  (void)eventfd_read(efd_.get(), &v);
   {
     std::lock_guard<std::mutex> lock(mu_);
     scratch_.swap(posted_);
     has_posted_.store(false, std::memory_order_relaxed);
+    // Reset the eventfd under the lock, so no signal for a later batch is
+    // lost. The application's own reset (blkio(3)) may have come first:
+    // the read then finds nothing, which is fine (non-blocking fd).
+    if (signaled_) {
+      eventfd_t v;
+      (void)eventfd_read(efd_.get(), &v);
+      signaled_ = false;
+    }
   }
   in_flight_ -= scratch_.size();
   // The contexts of finished requests are free again: each callback read
@@ -156,9 +165,28 @@ int RbdQueue::wait(const struct timespec* deadline, const sigset_t* sig) {
     if (ns <= 0) return -ETIME;
     rel = {static_cast<time_t>(ns / 1000000000ll), static_cast<long>(ns % 1000000000ll)};
   }
+  if (notified_) {
+    // A notify() during this do_io() (a refused request, a contract-layer
+    // completion) was for work reaped before we got here: without this
+    // read, ppoll() would return at once, again and again.
+    eventfd_t v;
+    (void)eventfd_read(efd_.get(), &v);
+    notified_ = false;
+  }
+  {
+    // Tell the callbacks to signal, unless something already arrived.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!posted_.empty()) return 0;
+    sleeping_ = true;
+  }
   pollfd p{efd_.get(), POLLIN, 0};
   int r = ::ppoll(&p, 1, deadline ? &rel : nullptr, sig);
-  if (r < 0) return errno == EINTR ? -EINTR : -errno;
+  int err = errno;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sleeping_ = false;
+  }
+  if (r < 0) return err == EINTR ? -EINTR : -err;
   if (r == 0) return -ETIME;
   return 0;
 }
@@ -205,12 +233,20 @@ int RbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
       break;
     }
   }
-  if (fd_enabled_ && ready_head_ < ready_.size()) notify();
+  if (fd_enabled_.load(std::memory_order_relaxed) && ready_head_ < ready_.size()) notify();
   return n > 0 ? static_cast<int>(n) : err;
 }
 
 void RbdQueue::set_completion_fd_enabled(bool enable) {
-  fd_enabled_ = enable;
+  {
+    // A batch already posted unsignalled must be signalled now.
+    std::lock_guard<std::mutex> lock(mu_);
+    fd_enabled_.store(enable, std::memory_order_relaxed);
+    if (enable && !posted_.empty() && !signaled_) {
+      signaled_ = true;
+      eventfd_write(efd_.get(), 1);
+    }
+  }
   if (enable && ready_head_ < ready_.size()) notify();
 }
 

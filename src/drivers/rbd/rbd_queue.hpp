@@ -57,8 +57,7 @@ class RbdQueue final : public DriverQueue {
 
   std::shared_ptr<RbdImage> image_;
   UniqueFd efd_;
-  bool fd_enabled_ = false;
-  bool notified_ = false;  // notify() wrote the eventfd
+  bool notified_ = false;  // notify() wrote the eventfd (queue thread only)
 
   // Shared with librbd's callback threads, under mu_.
   std::mutex mu_;
@@ -67,6 +66,9 @@ class RbdQueue final : public DriverQueue {
   // eventfd read when nothing arrived, and tells a callback whether it is
   // the one that must signal the eventfd.
   std::atomic<bool> has_posted_{false};
+  bool sleeping_ = false;               // the queue's thread is in ppoll()
+  bool signaled_ = false;               // a callback wrote the eventfd
+  std::atomic<bool> fd_enabled_{false}; // written under mu_, read by callbacks
 
   // Queue thread only.
   std::vector<Done> ready_;  // collected, not yet handed to the contract layer
