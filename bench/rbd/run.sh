@@ -9,9 +9,8 @@
 #           on another object, all 4 KiB blocks visited): close to random.
 # 4 KiB random reads and writes at depth 1 and 32; contenders interleaved,
 # median of --repeat runs; prints IOPS and the ratio ours/fio.
-# librbd's configuration is the same for all (the cluster's ceph.conf, plus
-# CEPH_ARGS if set, e.g. CEPH_ARGS=--rbd_cache_writethrough_until_flush=false
-# for early-acknowledged writes everywhere).
+# librbd's configuration is the same for all: the cluster's ceph.conf with
+# rbd_cache_writethrough_until_flush off (see below), plus CEPH_ARGS if set.
 #
 # Usage: bench/rbd/run.sh [BUILD_DIR] [--runtime S] [--repeat N] [--no-qemu]
 set -euo pipefail
@@ -42,7 +41,14 @@ CLUSTER=$WORK/ceph
 cleanup() { "$SRC/scripts/ceph-cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 "$SRC/scripts/ceph-cluster.sh" start "$CLUSTER" >/dev/null
-export CEPH_CONF=$CLUSTER/ceph.conf
+# One librbd configuration for all contenders. fio's rbd engine puts
+# librbd's cache into early-acknowledged writes on its own (the first flush
+# or cache invalidation ends rbd_cache_writethrough_until_flush); the others
+# would stay in writethrough until they flush. Start all of them there, as a
+# guest that flushes would, so that writes compare like with like.
+cp "$CLUSTER/ceph.conf" "$WORK/bench.conf"
+printf '[client]\nrbd cache writethrough until flush = false\n' >>"$WORK/bench.conf"
+export CEPH_CONF=$WORK/bench.conf
 IMAGE=bench
 SIZE_MIB=1024
 rbd create --size ${SIZE_MIB}M $IMAGE
@@ -54,10 +60,8 @@ echo "cluster: $(ceph --version | cut -d' ' -f1-3), 1 mon + 1 memstore OSD on lo
 echo "machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')); ${RUNTIME} s per run, median of ${REPEAT}" >&2
 
 fio_iops() {  # RW DEPTH
-  # --invalidate=0: fio's default "invalidate" calls rbd_invalidate_cache(),
-  # which counts as a flush and switches librbd's cache from writethrough
-  # (rbd_cache_writethrough_until_flush) to early-acknowledged writes; the
-  # other contenders send no flush, so fio must not either.
+  # --invalidate=0: no rbd_invalidate_cache() before the run (the others do
+  # nothing like it).
   fio --name=b --ioengine=rbd --clientname=admin --pool=rbd --rbdname=$IMAGE --rw="$1" --bs=4k --invalidate=0 \
     --iodepth="$2" --runtime="$RUNTIME" --time_based --norandommap --randrepeat=0 --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.0f" % (j["read"]["iops"] + j["write"]["iops"]))'
