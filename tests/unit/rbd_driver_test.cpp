@@ -5,6 +5,8 @@
 // limits, and connect errors. BLKSTACK_RBD_CONF names the cluster's
 // ceph.conf; without it every test fails (a skipped check hides a defect).
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 #include <sys/mman.h>
@@ -346,6 +348,80 @@ TEST_F(Rbd, DoIoTimeout) {
   timespec t2{30, 0};
   EXPECT_EQ(q->do_io(&c, 1, 1, &t2), 1);
   EXPECT_EQ(c.ret, 0);
+}
+
+// The cluster's OSD, stopped (SIGSTOP) for the life of this object: requests
+// sent meanwhile stay in flight, deterministically.
+class OsdPause {
+ public:
+  OsdPause() {
+    std::string conf = conf_path();
+    std::ifstream f(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid");
+    f >> pid_;
+    EXPECT_GT(pid_, 0) << "no osd.0.pid next to " << conf;
+    if (pid_ > 0) EXPECT_EQ(kill(pid_, SIGSTOP), 0);
+  }
+  ~OsdPause() { resume(); }
+  void resume() {
+    if (pid_ > 0) kill(pid_, SIGCONT);
+    pid_ = 0;
+  }
+
+ private:
+  pid_t pid_ = 0;
+};
+
+void on_sigusr1(int) {}
+
+// A request the OSD does not answer: do_io with a timeout returns -ETIME
+// after that timeout, do_io_interruptible returns -EINTR on a signal, and
+// the request completes once the OSD runs again.
+TEST_F(Rbd, DoIoTimeoutAndSignalWhileOsdStopped) {
+  Queue* q = open();
+  ASSERT_TRUE(q);
+  memset(buf_, 1, 4096);
+  q->write(0, buf_, 4096, nullptr, 0);  // connections and the exclusive lock in place
+  ASSERT_EQ(wait_one(*q).ret, 0);
+
+  OsdPause pause;
+  q->read(0, buf_, 4096, nullptr, 0);
+  Completion c{};
+  timespec t{0, 300 * 1000000};
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(q->do_io(&c, 1, 1, &t), -ETIME);
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(waited, 0.29);
+  EXPECT_LT(waited, 3.0);
+
+  // SIGUSR1 blocked in this thread except while do_io waits.
+  struct sigaction sa {};
+  sa.sa_handler = on_sigusr1;
+  struct sigaction old {};
+  sigaction(SIGUSR1, &sa, &old);
+  sigset_t block, wait_mask;
+  sigemptyset(&block);
+  sigaddset(&block, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &block, &wait_mask);
+  sigdelset(&wait_mask, SIGUSR1);
+  pthread_t self = pthread_self();
+  std::thread killer([self] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    pthread_kill(self, SIGUSR1);
+  });
+  timespec t2{10, 0};
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(q->do_io(&c, 1, 1, &t2, &wait_mask, true), -EINTR);
+  waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  killer.join();
+  pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
+  sigaction(SIGUSR1, &old, nullptr);
+  EXPECT_LT(waited, 5.0);
+
+  pause.resume();
+  timespec t3{30, 0};
+  ASSERT_EQ(q->do_io(&c, 1, 1, &t3), 1);
+  EXPECT_EQ(c.ret, 0);
+  EXPECT_EQ(std::string(buf_, 4096), std::string(4096, '\1'));
 }
 
 TEST_F(Rbd, ReadOnlyRefusesWrites) {
