@@ -359,7 +359,9 @@ class OsdPause {
     std::ifstream f(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid");
     f >> pid_;
     EXPECT_GT(pid_, 0) << "no osd.0.pid next to " << conf;
-    if (pid_ > 0) EXPECT_EQ(kill(pid_, SIGSTOP), 0);
+    if (pid_ > 0) {
+      EXPECT_EQ(kill(pid_, SIGSTOP), 0);
+    }
   }
   ~OsdPause() { resume(); }
   void resume() {
