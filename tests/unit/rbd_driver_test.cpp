@@ -533,3 +533,39 @@ TEST_F(Rbd, ConnectErrorUnreachableMonitorWithinTimeout) {
   EXPECT_NE(s.message().find("127.0.0.1:9"), std::string::npos) << s.message();
   EXPECT_LT(secs, 3 + 5.0) << "connect took " << secs << " s with connect-timeout 3";
 }
+
+// An image in an RBD namespace is found through the namespace property, and
+// only there.
+TEST_F(Rbd, Namespace) {
+  rados_ioctx_t io = Cluster::get().io();
+  const std::string ns = "ns-" + std::to_string(getpid());
+  ASSERT_EQ(rbd_namespace_create(io, ns.c_str()), 0);
+  rados_ioctx_t nsio;
+  rados_t cluster = rados_ioctx_get_cluster(io);
+  ASSERT_EQ(rados_ioctx_create(cluster, "rbd", &nsio), 0);
+  rados_ioctx_set_namespace(nsio, ns.c_str());
+  int order = 22;
+  ASSERT_EQ(rbd_create(nsio, "in-ns", 8 << 20, &order), 0);
+
+  Props p = base_props("in-ns");
+  EXPECT_EQ(try_connect(p).code(), -ENOENT);  // not in the default namespace
+  p.push_back({"namespace", ns});
+  dev_ = test::open_device("rbd", p);
+  ASSERT_TRUE(dev_);
+  Queue* q = dev_->queue(0);
+  EXPECT_EQ(std::get<uint64_t>(*dev_->get("capacity", PropType::kUint64)), 8u << 20);
+  std::string data = pattern(4096, 11);
+  memcpy(buf_, data.data(), data.size());
+  q->write(4096, buf_, 4096, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(*q).ret, 0);
+  dev_.reset();
+  std::string back(4096, '\0');
+  rbd_image_t img;
+  ASSERT_EQ(rbd_open_read_only(nsio, "in-ns", &img, nullptr), 0);
+  EXPECT_EQ(rbd_read(img, 4096, 4096, back.data()), 4096);
+  rbd_close(img);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(rbd_remove(nsio, "in-ns"), 0);
+  rados_ioctx_destroy(nsio);
+  EXPECT_EQ(rbd_namespace_remove(io, ns.c_str()), 0);
+}
