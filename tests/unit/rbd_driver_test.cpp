@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -361,6 +362,7 @@ class OsdPause {
     EXPECT_GT(pid_, 0) << "no osd.0.pid next to " << conf;
     if (pid_ > 0) {
       EXPECT_EQ(kill(pid_, SIGSTOP), 0);
+      wait_stopped();
     }
   }
   ~OsdPause() { resume(); }
@@ -370,6 +372,25 @@ class OsdPause {
   }
 
  private:
+  // kill() only queues SIGSTOP: wait until every thread of the OSD has
+  // stopped, or a request sent right now might still be served.
+  void wait_stopped() {
+    std::string dir = "/proc/" + std::to_string(pid_) + "/task";
+    for (int i = 0; i < 200; i++) {
+      bool all = true;
+      for (const auto& t : std::filesystem::directory_iterator(dir)) {
+        std::ifstream st(t.path() / "stat");
+        std::string line;
+        std::getline(st, line);
+        auto close = line.rfind(')');
+        if (close == std::string::npos || close + 2 >= line.size() || line[close + 2] != 'T') all = false;
+      }
+      if (all) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "osd " << pid_ << " did not stop";
+  }
+
   pid_t pid_ = 0;
 };
 
@@ -424,6 +445,25 @@ TEST_F(Rbd, DoIoTimeoutAndSignalWhileOsdStopped) {
   ASSERT_EQ(q->do_io(&c, 1, 1, &t3), 1);
   EXPECT_EQ(c.ret, 0);
   EXPECT_EQ(std::string(buf_, 4096), std::string(4096, '\1'));
+}
+
+// Monitors up, OSD not answering: opening the image (which reads it from
+// the OSD) fails within connect-timeout instead of hanging.
+TEST_F(Rbd, ConnectErrorOsdNotAnsweringWithinTimeout) {
+  Props p = base_props(image_->name());
+  p.push_back({"connect-timeout", "2"});
+  double secs = 0;
+  Status s;
+  {
+    OsdPause pause;
+    s = try_connect(p, &secs);
+  }
+  EXPECT_EQ(s.code(), -ETIMEDOUT) << s.message();
+  EXPECT_NE(s.message().find("connect-timeout (2 s)"), std::string::npos) << s.message();
+  EXPECT_GE(secs, 1.9);
+  EXPECT_LT(secs, 2 + 3.0) << "connect took " << secs << " s with connect-timeout 2";
+  // And with the OSD back, the same device opens.
+  EXPECT_TRUE(try_connect(p).ok());
 }
 
 TEST_F(Rbd, ReadOnlyRefusesWrites) {

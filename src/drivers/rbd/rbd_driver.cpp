@@ -1,6 +1,10 @@
 #include "drivers/rbd/rbd_driver.hpp"
 
+#include <chrono>
 #include <climits>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstring>
 #include <string>
 
@@ -60,7 +64,8 @@ struct RbdProperties {
 
 std::span<const DriverProperty> RbdDriver::properties() const { return RbdProperties::table(); }
 
-Status RbdDriver::open(RbdImage& img, bool read_only) {
+Status RbdDriver::open(const std::shared_ptr<RbdImage>& imgp, bool read_only) {
+  RbdImage& img = *imgp;
   const std::string where = fmt::format("rbd image {}/{}{}{}{}", pool_, namespace_.empty() ? "" : namespace_ + "/",
                                         image_name_, snapshot_.empty() ? "" : "@", snapshot_);
   int r = rados_create(&img.cluster.h, user_.c_str());
@@ -111,16 +116,88 @@ Status RbdDriver::open(RbdImage& img, bool read_only) {
   rados_ioctx_set_namespace(img.io.h, namespace_.empty() ? nullptr : namespace_.c_str());
 
   const char* snap = snapshot_.empty() ? nullptr : snapshot_.c_str();
-  r = read_only ? rbd_open_read_only(img.io.h, image_name_.c_str(), &img.image.h, snap)
-                : rbd_open(img.io.h, image_name_.c_str(), &img.image.h, snap);
+  r = open_image(imgp, read_only, snap);
   if (r < 0) {
-    img.image.h = nullptr;
+    if (r == -ETIMEDOUT) {
+      return error(r, "{}: no answer from the OSDs within connect-timeout ({} s) while opening the image", where,
+                   connect_timeout_);
+    }
     if (r == -ENOENT) {
       return error(r, "{}: {}", where, snap ? "no such image or snapshot" : "no such image");
     }
     return error(r, "{}: cannot open: {}", where, strerror(-r));
   }
   return {};
+}
+
+namespace {
+
+// Completion of rbd_aio_open(), shared by the waiting thread and librbd's
+// callback (which may come after the waiter gave up).
+struct OpenWaiter {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+};
+
+void on_open_done(rbd_completion_t, void* arg) {
+  auto* ref = static_cast<std::shared_ptr<OpenWaiter>*>(arg);
+  {
+    std::lock_guard<std::mutex> lock((*ref)->m);
+    (*ref)->done = true;
+  }
+  (*ref)->cv.notify_all();
+  delete ref;
+}
+
+}  // namespace
+
+// Opening reads the image's header objects from the OSDs, which
+// connect-timeout does not bound (it covers the monitors) and op-timeout may
+// leave unbounded: open asynchronously and stop waiting after
+// connect-timeout. librbd cannot cancel the open, so on a timeout the
+// half-open image goes to a thread that waits for it and then closes
+// everything (img is shared with it).
+int RbdDriver::open_image(const std::shared_ptr<RbdImage>& img, bool read_only, const char* snap) {
+  auto waiter = std::make_shared<OpenWaiter>();
+  auto* arg = new std::shared_ptr<OpenWaiter>(waiter);
+  rbd_completion_t c = nullptr;
+  int r = rbd_aio_create_completion(arg, on_open_done, &c);
+  if (r < 0) {
+    delete arg;
+    return r;
+  }
+  r = read_only ? rbd_aio_open_read_only(img->io.h, image_name_.c_str(), &img->image.h, snap, c)
+                : rbd_aio_open(img->io.h, image_name_.c_str(), &img->image.h, snap, c);
+  if (r < 0) {
+    rbd_aio_release(c);
+    delete arg;
+    img->image.h = nullptr;
+    return r;
+  }
+  bool done = true;
+  {
+    std::unique_lock<std::mutex> lock(waiter->m);
+    if (connect_timeout_ > 0) {
+      done = waiter->cv.wait_for(lock, std::chrono::seconds(connect_timeout_), [&] { return waiter->done; });
+    } else {
+      waiter->cv.wait(lock, [&] { return waiter->done; });
+    }
+  }
+  if (!done) {
+    std::thread([img, c] {
+      rbd_aio_wait_for_complete(c);
+      if (rbd_aio_get_return_value(c) < 0) img->image.h = nullptr;
+      rbd_aio_release(c);
+      // The last reference to img goes here: close, pool context, cluster.
+    }).detach();
+    return -ETIMEDOUT;
+  }
+  rbd_aio_wait_for_complete(c);  // the callback ran; the completion may still be finishing
+  r = static_cast<int>(rbd_aio_get_return_value(c));
+  rbd_aio_release(c);
+  if (r < 0) img->image.h = nullptr;  // librbd freed what it had opened
+  return r < 0 ? r : 0;
 }
 
 Status RbdDriver::connect(bool& read_only, DeviceInfo& info) {
@@ -131,7 +208,7 @@ Status RbdDriver::connect(bool& read_only, DeviceInfo& info) {
   // A snapshot is immutable: open it read-only whatever was asked.
   bool ro = read_only || !snapshot_.empty();
   auto img = std::make_shared<RbdImage>();
-  if (Status s = open(*img, ro); !s) return s;
+  if (Status s = open(img, ro); !s) return s;
 
   rbd_image_info_t st{};
   int r = rbd_stat(img->image.h, &st, sizeof(st));

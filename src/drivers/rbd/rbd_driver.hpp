@@ -23,7 +23,9 @@ class RbdDriver final : public Driver {
   friend struct RbdProperties;
   // Connects to the cluster and opens the image into img; errors name what
   // failed (conf, monitor, pool, image, snapshot).
-  Status open(RbdImage& img, bool read_only);
+  Status open(const std::shared_ptr<RbdImage>& img, bool read_only);
+  // rbd_aio_open within connect-timeout: 0 or a negative errno.
+  int open_image(const std::shared_ptr<RbdImage>& img, bool read_only, const char* snap);
 
   // Properties.
   std::string pool_;
