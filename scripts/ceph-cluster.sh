@@ -123,7 +123,12 @@ start_osd() {
 }
 
 start() {
-  if alive mon.a; then log "already running"; echo "$CONF"; return 0; fi
+  # A cluster this script finished starting, still running: use it. Anything
+  # else left in DIR (a start that failed half-way, a dead daemon) goes.
+  if [[ -f $DIR/ready ]] && alive mon.a && alive osd.0; then
+    log "already running"; echo "$CONF"; return 0
+  fi
+  stop
   rm -rf "$DIR"/{mon,osd,run,log}
   mkdir -p "$DIR"/{mon/mon.a,osd,run,log}
   local port fsid
@@ -147,11 +152,13 @@ start() {
   start_osd
   ceph osd pool create rbd 8 >/dev/null || die "pool create failed"
   rbd pool init rbd || die "rbd pool init failed"
+  touch "$DIR/ready"
   log "ready: mon 127.0.0.1:$port, conf $CONF"
   echo "$CONF"
 }
 
 stop() {
+  rm -f "$DIR/ready"
   kill_daemon osd.0 TERM
   kill_daemon mon.a TERM
   rm -rf "$DIR"/{mon,osd,run}
