@@ -5,11 +5,13 @@
 
 namespace blkstack {
 
+std::unique_ptr<Driver> make_nbd_driver();
 std::unique_ptr<Driver> make_null_driver();
 
 std::span<const DriverEntry> drivers() {
   static const DriverEntry entries[] = {
       {"io_uring", &IoUringDriver::create},
+      {"nbd", &make_nbd_driver},
       {"null", &make_null_driver},
       {"rbd", &RbdDriver::create},
   };

@@ -1,5 +1,5 @@
 # `blkstack serve`'s NBD export against real clients (libnbd, QEMU, the
-# kernel). Each script takes the build directory, needs root, and installs
+# kernel), and the nbd driver against real servers (nbd_driver). Each script takes the build directory, needs root, and installs
 # what it misses with apt-get. Run them with:
 #   ctest --test-dir build -L interop --output-on-failure
 set(nbd_interop_tests
@@ -8,6 +8,7 @@ set(nbd_interop_tests
   nbd_qemu
   nbd_tls
   nbd_bad_input
+  nbd_driver
 )
 foreach(t IN LISTS nbd_interop_tests)
   add_test(NAME interop_${t} COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/${t}.sh ${PROJECT_BINARY_DIR})

@@ -1,0 +1,179 @@
+// The nbd driver: a remote NBD export as a library device, through libnbd.
+// Connecting is synchronous and bounded by connect-timeout; the data path is
+// libnbd's asynchronous API, one connection per queue when the server allows
+// it (NBD_FLAG_CAN_MULTI_CONN, or a read-only export).
+#include <algorithm>
+#include <climits>
+#include <vector>
+
+#include "core/driver.hpp"
+#include "drivers/nbd/nbd_connection.hpp"
+#include "drivers/nbd/nbd_queue.hpp"
+
+namespace blkstack {
+
+namespace {
+
+class NbdDriver final : public Driver {
+ public:
+  std::span<const DriverProperty> properties() const override;
+  Status connect(bool& read_only, DeviceInfo& info) override;
+  Status start(int num_queues, int num_poll_queues) override;
+  Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) override;
+
+ private:
+  static NbdDriver& self(Driver& d) { return static_cast<NbdDriver&>(d); }
+  static const NbdDriver& self(const Driver& d) { return static_cast<const NbdDriver&>(d); }
+  Result<std::shared_ptr<nbd_handle>> open_connection() const;
+
+  std::string uri_;
+  std::string export_;
+  int connections_ = 0;  // 0: one per queue when safe, else 1
+  int connect_timeout_s_ = 30;
+
+  std::string full_uri_;
+  bool read_only_ = false;
+  bool multi_conn_ = false;
+  uint64_t size_ = 0;
+  NbdCaps caps_;
+  std::shared_ptr<nbd_handle> first_;  // from connect until start
+  std::vector<std::shared_ptr<nbd_handle>> conns_;
+  size_t next_conn_ = 0;
+};
+
+std::span<const DriverProperty> NbdDriver::properties() const {
+  using namespace states;
+  static const DriverProperty props[] = {
+      {"uri", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).uri_); },
+       [](Driver& d, const PropValue& v) {
+         self(d).uri_ = std::get<std::string>(v);
+         return Status{};
+       }},
+      {"export", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).export_); },
+       [](Driver& d, const PropValue& v) {
+         self(d).export_ = std::get<std::string>(v);
+         return Status{};
+       }},
+      // Before start: what was asked (0 = automatic). After: what was made.
+      {"connections", PropType::kInt, kAll, kCreated | kConnected,
+       [](const Driver& d) {
+         const NbdDriver& n = self(d);
+         return PropValue(n.conns_.empty() ? n.connections_ : static_cast<int>(n.conns_.size()));
+       },
+       [](Driver& d, const PropValue& v) {
+         int n = std::get<int>(v);
+         if (n < 0) return error(-EINVAL, "connections must be 0 (one per queue) or more");
+         self(d).connections_ = n;
+         return Status{};
+       }},
+      {"connect-timeout", PropType::kInt, kAll, kCreated,
+       [](const Driver& d) { return PropValue(self(d).connect_timeout_s_); },
+       [](Driver& d, const PropValue& v) {
+         int n = std::get<int>(v);
+         if (n < 0) return error(-EINVAL, "connect-timeout must be 0 (none) or a number of seconds");
+         self(d).connect_timeout_s_ = n;
+         return Status{};
+       }},
+      {"can-multi-conn", PropType::kBool, kAfterConnect, kNone,
+       [](const Driver& d) { return PropValue(self(d).multi_conn_); }, nullptr},
+  };
+  return props;
+}
+
+Result<std::shared_ptr<nbd_handle>> NbdDriver::open_connection() const {
+  auto h = nbd_connect_within(full_uri_, connect_timeout_s_);
+  if (!h) return h.status();
+  return std::shared_ptr<nbd_handle>(h->release(), NbdHandleCloser{});
+}
+
+Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
+  if (uri_.empty()) return error(-EINVAL, "uri must be set (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH)");
+  auto full = uri_with_export(uri_, export_);
+  if (!full) return full.status();
+  full_uri_ = *full;
+  auto first = open_connection();
+  if (!first) return first.status();
+  nbd_handle* h = first->get();
+
+  int64_t size = nbd_get_size(h);
+  if (size < 0) return nbd_error("export size");
+  size_ = static_cast<uint64_t>(size);
+  read_only_ = read_only || nbd_is_read_only(h) == 1;
+  read_only = read_only_;
+  multi_conn_ = nbd_can_multi_conn(h) == 1;
+  caps_.can_flush = nbd_can_flush(h) == 1;
+  caps_.can_fua = nbd_can_fua(h) == 1;
+  caps_.can_fast_zero = nbd_can_fast_zero(h) == 1;
+
+  // Block sizes the server asked for (NBD_INFO_BLOCK_SIZE); without them the
+  // protocol allows any alignment and 32 MiB per request.
+  int64_t min_bs = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  int64_t pref_bs = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+  int64_t max_bs = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  int align = min_bs > 0 ? static_cast<int>(min_bs) : 1;
+  uint64_t max_len = max_bs > 0 ? static_cast<uint64_t>(max_bs) : (32u << 20);
+  max_len = std::min<uint64_t>(max_len, INT_MAX);
+  max_len -= max_len % static_cast<uint64_t>(align);
+  // Commands carry 32-bit lengths: zero and trim go up to that, aligned.
+  uint64_t max_range = 0xffffffffull - 0xffffffffull % static_cast<uint64_t>(align);
+
+  info.capacity = size_;
+  info.request_alignment = align;
+  info.optimal_io_size = pref_bs > 0 ? static_cast<int>(pref_bs) : 0;
+  info.optimal_io_alignment = std::max(align, pref_bs > 0 ? static_cast<int>(pref_bs) : 4096);
+  info.max_transfer = static_cast<int>(max_len);
+  info.buf_alignment = 1;
+  info.mem_region_alignment = 1;
+  info.supports_poll_queues = false;
+  info.flush_needed = caps_.can_flush;
+  info.supports_fua_natively = caps_.can_fua;
+  info.fua_native_write_zeroes = caps_.can_fua;
+  info.supports_write_zeroes = nbd_can_zero(h) == 1;
+  info.max_write_zeroes_len = max_range;
+  info.supports_discard = nbd_can_trim(h) == 1;
+  info.max_discard_len = max_range;
+  info.discard_alignment = align;
+  info.rotational = nbd_is_rotational(h) == 1;
+  conns_.clear();
+  first_ = std::move(first.value());
+  return {};
+}
+
+Status NbdDriver::start(int num_queues, int num_poll_queues) {
+  (void)num_poll_queues;  // rejected by the contract layer: no poll queues
+  int want = connections_ > 0 ? connections_ : std::max(num_queues, 1);
+  bool safe = multi_conn_ || read_only_;
+  if (want > 1 && !safe) {
+    if (connections_ > 1) {
+      return error(-EINVAL,
+                   "connections={}: the server does not advertise multi-conn, so a flush on one connection "
+                   "would not cover writes on the others; use connections=1 or a read-only device",
+                   connections_);
+    }
+    want = 1;
+  }
+  conns_.push_back(std::move(first_));
+  while (static_cast<int>(conns_.size()) < want) {
+    auto c = open_connection();
+    if (!c) return c.status();
+    if (nbd_get_size(c->get()) != static_cast<int64_t>(size_)) {
+      return error(-EIO, "connection {} to {}: the export changed size", conns_.size(), full_uri_);
+    }
+    conns_.push_back(std::move(c.value()));
+  }
+  return {};
+}
+
+Result<std::unique_ptr<DriverQueue>> NbdDriver::create_queue(bool poll) {
+  if (poll) return error(-ENOTSUP, "the nbd driver has no poll queues");
+  if (conns_.empty()) return error(-EIO, "nbd driver: no connection");
+  auto q = std::make_unique<NbdQueue>(conns_[next_conn_++ % conns_.size()], caps_);
+  if (!q->ok()) return errno_error("nbd queue: eventfd/epoll");
+  return std::unique_ptr<DriverQueue>(std::move(q));
+}
+
+}  // namespace
+
+std::unique_ptr<Driver> make_nbd_driver() { return std::make_unique<NbdDriver>(); }
+
+}  // namespace blkstack

@@ -1,0 +1,295 @@
+#include "drivers/nbd/nbd_queue.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+
+#include <cerrno>
+
+namespace blkstack {
+
+namespace {
+
+// The queue whose process()/enqueue() is running on this thread: replies it
+// reads for itself skip the inbox lock and the eventfd.
+thread_local const void* t_driving = nullptr;
+
+struct Driving {
+  const void* saved;
+  explicit Driving(const void* q) : saved(t_driving) { t_driving = q; }
+  ~Driving() { t_driving = saved; }
+};
+
+int libnbd_errno() {
+  int e = nbd_get_errno();
+  return e > 0 ? e : EIO;
+}
+
+}  // namespace
+
+NbdQueue::NbdQueue(std::shared_ptr<nbd_handle> conn, NbdCaps caps) : conn_(std::move(conn)), caps_(caps) {
+  wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  sock_ = nbd_aio_get_fd(conn_.get());
+  if (!ok()) return;
+  // blkio(3): the completion fd is non-blocking (applications may read it).
+  ::fcntl(epoll_.get(), F_SETFL, O_NONBLOCK);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
+  if (sock_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock_, &ev);
+  ready_.reserve(64);
+}
+
+NbdQueue::~NbdQueue() {
+  // libnbd holds pointers to our Cmds until it calls back: wait for every
+  // request in flight (a dead connection has already called back for all).
+  Driving d(this);
+  const timespec tick{0, 100 * 1000 * 1000};
+  while (true) {
+    collect();
+    if (in_flight_ == 0 || !connection_alive()) break;
+    pump(false);
+    if (in_flight_ == 0) break;
+    (void)wait(&tick, nullptr);
+    pump(true);
+  }
+}
+
+bool NbdQueue::connection_alive() const {
+  nbd_handle* h = conn_.get();
+  return !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
+}
+
+void NbdQueue::notify() { eventfd_write(wake_.get(), 1); }
+
+NbdQueue::Cmd* NbdQueue::new_cmd(uint32_t slot, uint32_t parts) {
+  Cmd* c;
+  if (!free_.empty()) {
+    c = free_.back();
+    free_.pop_back();
+  } else {
+    cmds_.push_back(std::make_unique<Cmd>());
+    c = cmds_.back().get();
+  }
+  c->queue = this;
+  c->slot = slot;
+  c->parts.store(parts, std::memory_order_relaxed);
+  c->err.store(0, std::memory_order_relaxed);
+  in_flight_++;
+  return c;
+}
+
+int NbdQueue::on_command_done(void* user_data, int* error) {
+  Cmd* c = static_cast<Cmd*>(user_data);
+  if (*error) {
+    int expected = 0;
+    c->err.compare_exchange_strong(expected, *error);
+  }
+  c->queue->release_parts(c, 1);
+  return 1;  // retire the command: we never ask libnbd about it again
+}
+
+void NbdQueue::release_parts(Cmd* c, uint32_t n) {
+  if (c->parts.fetch_sub(n, std::memory_order_acq_rel) == n) finish(c);
+}
+
+void NbdQueue::finish(Cmd* c) {
+  if (t_driving == this) {
+    ready_.push_back(c);
+    in_flight_--;
+    return;
+  }
+  {
+    std::lock_guard lock(inbox_mu_);
+    inbox_.push_back(c);
+  }
+  notify();
+}
+
+void NbdQueue::fail_part(Cmd* c, int err) {
+  int expected = 0;
+  c->err.compare_exchange_strong(expected, err);
+  release_parts(c, 1);
+}
+
+void NbdQueue::enqueue(uint32_t slot, const Request& req) {
+  Driving d(this);
+  stats_.plain_ops++;
+  uint32_t parts = 1;
+  if (req.op == Op::kReadv || req.op == Op::kWritev) {
+    parts = 0;
+    for (int i = 0; i < req.iovcnt; i++) parts += req.iov[i].iov_len > 0;
+  }
+  // One extra part held while issuing: a reply read by another thread must
+  // not finish the request before every command of it is issued.
+  Cmd* c = new_cmd(slot, parts + 1);
+  issue(c, req);
+  release_parts(c, 1);
+  // Issuing runs libnbd's state machine, which may read replies (it reads
+  // while a send would block, against deadlock) or fail the request at once:
+  // those wait in ready_, and the completion fd must say so.
+  if (ready_head_ < ready_.size()) notify();
+}
+
+void NbdQueue::issue(Cmd* c, const Request& req) {
+  nbd_handle* h = conn_.get();
+  nbd_completion_callback done{.callback = &NbdQueue::on_command_done, .user_data = c, .free = nullptr};
+  auto check = [&](int64_t cookie) {
+    if (cookie < 0) fail_part(c, libnbd_errno());
+  };
+  uint32_t fua = (req.flags & kReqFua) ? LIBNBD_CMD_FLAG_FUA : 0;
+  switch (req.op) {
+    case Op::kRead:
+      return check(nbd_aio_pread(h, req.buf, req.len, req.offset, done, 0));
+    case Op::kWrite:
+      return check(nbd_aio_pwrite(h, req.buf, req.len, req.offset, done, fua));
+    case Op::kReadv:
+    case Op::kWritev: {
+      // NBD has no vectored commands: one per segment, at consecutive offsets.
+      uint64_t off = req.offset;
+      for (int i = 0; i < req.iovcnt; i++) {
+        const iovec& v = req.iov[i];
+        if (v.iov_len == 0) continue;
+        check(req.op == Op::kReadv ? nbd_aio_pread(h, v.iov_base, v.iov_len, off, done, 0)
+                                   : nbd_aio_pwrite(h, v.iov_base, v.iov_len, off, done, fua));
+        off += v.iov_len;
+      }
+      return;
+    }
+    case Op::kWriteZeroes: {
+      uint32_t flags = fua;
+      if (req.flags & kReqNoUnmap) flags |= LIBNBD_CMD_FLAG_NO_HOLE;
+      if (req.flags & kReqNoFallback) {
+        // Without NBD_FLAG_SEND_FAST_ZERO the server may zero slowly: say
+        // so, and the contract layer leaves the fallback to the caller.
+        if (!caps_.can_fast_zero) return fail_part(c, EOPNOTSUPP);
+        flags |= LIBNBD_CMD_FLAG_FAST_ZERO;
+      }
+      return check(nbd_aio_zero(h, req.len, req.offset, done, flags));
+    }
+    case Op::kDiscard:
+      return check(nbd_aio_trim(h, req.len, req.offset, done, 0));
+    case Op::kFlush:
+      // A server without NBD_FLAG_SEND_FLUSH has nothing to flush
+      // (flush-needed is false).
+      if (!caps_.can_flush) return release_parts(c, 1);
+      return check(nbd_aio_flush(h, done, 0));
+    default:
+      return fail_part(c, EOPNOTSUPP);
+  }
+}
+
+void NbdQueue::pump(bool always_read) {
+  nbd_handle* h = conn_.get();
+  if (!connection_alive()) return;
+  // Reading only when commands are out avoids a recv() that could only say
+  // EAGAIN (replies to other queues' commands count too). A caller woken by
+  // the completion fd reads anyway: the server may have hung up, and only a
+  // read notices (then the socket leaves the epoll set).
+  if (always_read || nbd_aio_in_flight(h) > 0) {
+    // libnbd reads one reply (or chunk) per notification and then waits in
+    // its READY state, even with more replies in the socket. An edge-style
+    // waiter (io_uring's multishot poll on our completion fd) would never be
+    // woken for those: read until the socket is empty.
+    while ((nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ) && nbd_aio_notify_read(h) == 0 &&
+           connection_alive()) {
+      int unread = 0;
+      if (::ioctl(nbd_aio_get_fd(h), FIONREAD, &unread) < 0 || unread == 0) break;
+    }
+  }
+  if (connection_alive() && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE)) nbd_aio_notify_write(h);
+}
+
+int NbdQueue::wait(const struct timespec* timeout, const sigset_t* sig) {
+  pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {-1, 0, 0}};
+  if (connection_alive()) {
+    unsigned dir = nbd_aio_get_direction(conn_.get());
+    fds[1].fd = nbd_aio_get_fd(conn_.get());
+    fds[1].events = POLLIN | ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
+  }
+  int r = ::ppoll(fds, 2, timeout, sig);
+  if (r < 0) return errno == EINTR ? -EINTR : -errno;
+  if (r == 0) return -ETIME;
+  if (fds[0].revents & POLLIN) {
+    eventfd_t v;
+    eventfd_read(wake_.get(), &v);
+  }
+  return 0;
+}
+
+void NbdQueue::collect() {
+  std::lock_guard lock(inbox_mu_);
+  if (inbox_.empty()) return;
+  in_flight_ -= inbox_.size();
+  ready_.insert(ready_.end(), inbox_.begin(), inbox_.end());
+  inbox_.clear();
+}
+
+unsigned NbdQueue::reap(Queue& owner, unsigned budget) {
+  unsigned n = 0;
+  while (n < budget && ready_head_ < ready_.size()) {
+    Cmd* c = ready_[ready_head_++];
+    int err = c->err.load(std::memory_order_acquire);
+    uint32_t slot = c->slot;
+    free_.push_back(c);
+    owner.complete(slot, err ? -err : static_cast<int>(owner.expected(slot)));
+    n++;
+  }
+  if (ready_head_ == ready_.size()) {
+    ready_.clear();
+    ready_head_ = 0;
+  }
+  return n;
+}
+
+static uint64_t ts_ns(const timespec& t) {
+  return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
+}
+
+static uint64_t mono_ns() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return ts_ns(t);
+}
+
+int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
+                      const sigset_t* sig) {
+  Driving d(this);
+  pump(wait_for == 0);
+  collect();
+  unsigned n = reap(owner, budget);
+  int err = 0;
+  if (n < wait_for) {
+    uint64_t deadline = timeout ? mono_ns() + ts_ns(*timeout) : UINT64_MAX;
+    while (n < wait_for) {
+      timespec left{};
+      if (deadline != UINT64_MAX) {
+        uint64_t now = mono_ns();
+        uint64_t rel = deadline > now ? deadline - now : 0;
+        left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
+      }
+      err = wait(deadline == UINT64_MAX ? nullptr : &left, sig);
+      pump(err == 0);
+      collect();
+      n += reap(owner, budget - n);
+      if (err < 0) break;
+    }
+    if (n >= wait_for) err = 0;
+  }
+  // Nothing may stay unsent: a request half-written into a full socket would
+  // wait for a wakeup that only its own reply could bring.
+  while (connection_alive() && (nbd_aio_get_direction(conn_.get()) & LIBNBD_AIO_DIRECTION_WRITE)) {
+    pollfd p{nbd_aio_get_fd(conn_.get()), POLLIN | POLLOUT, 0};
+    if (::poll(&p, 1, -1) < 0 && errno != EINTR) break;
+    pump(true);
+  }
+  collect();
+  // More finished than the budget allowed, or finished while sending.
+  if (ready_head_ < ready_.size()) notify();
+  return n > 0 ? static_cast<int>(n) : err;
+}
+
+}  // namespace blkstack

@@ -1,0 +1,83 @@
+// A queue of the nbd driver. Requests go straight to libnbd's asynchronous
+// calls (nbd_aio_*); replies are read by whichever queue drives the
+// connection and handed to the queue that issued them. A queue usually has a
+// connection of its own (multi-conn); queues that share one also share the
+// work of reading it, and wake each other through their eventfds.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/driver.hpp"
+#include "core/fd.hpp"
+#include "drivers/nbd/nbd_connection.hpp"
+
+namespace blkstack {
+
+// What the server said it can do, as the queues need it.
+struct NbdCaps {
+  bool can_flush = false;
+  bool can_fua = false;
+  bool can_fast_zero = false;
+};
+
+class NbdQueue final : public DriverQueue {
+ public:
+  NbdQueue(std::shared_ptr<nbd_handle> conn, NbdCaps caps);
+  ~NbdQueue() override;
+
+  void enqueue(uint32_t slot, const Request& req) override;
+  int process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
+              const sigset_t* sig) override;
+  int completion_fd() const override { return epoll_.get(); }
+  void notify() override;
+  DriverQueueStats stats() const override { return stats_; }
+
+  bool ok() const { return epoll_.valid() && wake_.valid(); }
+
+ private:
+  // One request in flight: libnbd calls back once per command it was split
+  // into (vectored requests become one command per segment).
+  struct Cmd {
+    NbdQueue* queue;
+    uint32_t slot;
+    std::atomic<uint32_t> parts;  // commands not yet finished, plus the issuer's hold
+    std::atomic<int> err;         // first failure (positive errno)
+  };
+
+  static int on_command_done(void* user_data, int* error);
+  Cmd* new_cmd(uint32_t slot, uint32_t parts);
+  void release_parts(Cmd* c, uint32_t n);  // drops n parts; the last one finishes c
+  void finish(Cmd* c);                     // c's request is over: hand it to our thread
+  void fail_part(Cmd* c, int err);         // an nbd_aio_* call refused a part
+  void issue(Cmd* c, const Request& req);
+
+  // Reads replies and sends what libnbd still holds, without blocking.
+  void pump(bool always_read);
+  // Blocks until the socket or the eventfd is ready, the timeout ends
+  // (-ETIME) or a signal arrives (-EINTR).
+  int wait(const struct timespec* timeout, const sigset_t* sig);
+  // Moves finished requests from other threads into ready_.
+  void collect();
+  unsigned reap(Queue& owner, unsigned budget);
+  bool connection_alive() const;
+
+  std::shared_ptr<nbd_handle> conn_;
+  NbdCaps caps_;
+  UniqueFd wake_;   // eventfd: other threads finished our requests
+  UniqueFd epoll_;  // the completion fd: the socket (readable) and wake_
+  int sock_ = -1;
+
+  std::mutex inbox_mu_;
+  std::vector<Cmd*> inbox_;  // finished by other threads
+  std::vector<Cmd*> ready_;  // finished, not yet handed to the Queue (our thread only)
+  size_t ready_head_ = 0;
+  std::vector<std::unique_ptr<Cmd>> cmds_;  // every Cmd this queue made
+  std::vector<Cmd*> free_;
+  uint64_t in_flight_ = 0;  // Cmds issued and not yet reaped
+  DriverQueueStats stats_;
+};
+
+}  // namespace blkstack

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The nbd driver (a remote NBD export as a library device) against real
+# servers: nbdkit, qemu-nbd and our own `blkstack serve`, in plaintext and
+# over TLS (pre-shared keys, as nbdkit and libnbd use them). Data goes both
+# ways through `blkstack copy` and is checked against what the server holds;
+# a re-export (`--blockdev nbd,...` behind `--export nbd`) is read by nbdcopy.
+#
+# Usage: nbd_driver.sh BUILD_DIR
+source "$(dirname "$0")/nbd_lib.sh" "$1"
+need_packages nbdkit qemu-utils libnbd-bin gnutls-bin
+
+SIZE=$((32 << 20))
+head -c "$SIZE" /dev/urandom >"$WORK/src.img"
+SRC_SUM=$(sha256sum <"$WORK/src.img")
+same_as_src() { [[ $(sha256sum <"$1") == "$SRC_SUM" ]] || fail "$1 differs from the source"; }
+copy() { "$BLKSTACK" copy --no-progress --depth 16 "$@"; }
+# blkstack copy writes into an existing device: make the file first.
+copy_out() { truncate -s "$SIZE" "$2" && copy "$1" "io_uring,path=$2"; }
+
+# nbdkit in the background on a Unix socket; waits until it listens.
+nbdkit_start() {
+  local sock=$1
+  shift
+  nbdkit -f -U "$sock" -P "$sock.pid" "$@" >>"$WORK/nbdkit.log" 2>&1 &
+  at_exit kill "$!"
+  for _ in $(seq 100); do [[ -s $sock.pid ]] && return; sleep 0.1; done
+  fail "nbdkit $* did not start"
+}
+
+step "nbdkit memory: write through the driver, read back with nbdcopy"
+K=$WORK/nbdkit.sock
+nbdkit_start "$K" memory "$SIZE"
+copy "io_uring,path=$WORK/src.img" "nbd,uri=nbd+unix:///?socket=$K"
+nbdcopy "nbd+unix:///?socket=$K" "$WORK/k-out.img"
+same_as_src "$WORK/k-out.img"
+step "nbdkit: read through the driver, several connections (multi-conn)"
+copy_out "nbd,uri=nbd+unix:///?socket=$K,connections=4" "$WORK/k-back.img"
+same_as_src "$WORK/k-back.img"
+info=$("$BLKSTACK" info "nbd,uri=nbd+unix:///?socket=$K")
+grep -Eq '^ *can-multi-conn *[:=]? *true' <<<"$info" || fail "blkstack info: can-multi-conn: $info"
+grep -Eq '^ *supports-fua-natively *[:=]? *true' <<<"$info" || fail "blkstack info: supports-fua-natively: $info"
+
+step "qemu-nbd: both directions"
+Q=$WORK/qemu.sock
+truncate -s "$SIZE" "$WORK/q.img"
+qemu-nbd -k "$Q" -f raw --persistent --shared=4 --cache=writeback "$WORK/q.img" >>"$WORK/qemu-nbd.log" 2>&1 &
+at_exit kill "$!"
+for _ in $(seq 100); do [[ -S $Q ]] && break; sleep 0.1; done
+copy "io_uring,path=$WORK/src.img" "nbd,uri=nbd+unix:///?socket=$Q"
+copy_out "nbd,uri=nbd+unix:///?socket=$Q" "$WORK/q-back.img"
+same_as_src "$WORK/q-back.img"
+qemu-img compare -f raw -F raw "$WORK/src.img" "$WORK/q.img" >/dev/null || fail "qemu-nbd's image differs"
+
+step "blkstack serve: both directions, named export over TCP"
+truncate -s "$SIZE" "$WORK/ours.img"
+PORT=$(free_port)
+daemon_start ours --blockdev "io_uring,id=d0,path=$WORK/ours.img" \
+  --export "nbd,blockdev=d0,name=disk,tcp=127.0.0.1:$PORT"
+copy "io_uring,path=$WORK/src.img" "nbd,uri=nbd://127.0.0.1:$PORT,export=disk"
+cmp "$WORK/src.img" "$WORK/ours.img" || fail "our export's image differs"
+copy_out "nbd,uri=nbd://127.0.0.1:$PORT/disk" "$WORK/ours-back.img"
+same_as_src "$WORK/ours-back.img"
+expect_fail "$BLKSTACK" info "nbd,uri=nbd://127.0.0.1:$PORT/nosuchexport"
+
+step "TLS (PSK): nbdkit --tls=require"
+psktool -u alice -p "$WORK/keys.psk" >/dev/null
+KT=$WORK/tls.sock
+nbdkit_start "$KT" --tls=require --tls-psk="$WORK/keys.psk" memory "$SIZE"
+TLS_URI="nbds+unix://alice@/?socket=$KT&tls-psk-file=$WORK/keys.psk"
+copy "io_uring,path=$WORK/src.img" "nbd,uri=$TLS_URI"
+copy_out "nbd,uri=$TLS_URI" "$WORK/tls-back.img"
+same_as_src "$WORK/tls-back.img"
+step "TLS: a plaintext client is refused, quickly and with a message"
+out=$(timeout 20 "$BLKSTACK" info "nbd,uri=nbd+unix:///?socket=$KT,connect-timeout=5" 2>&1) &&
+  fail "plaintext connect to a TLS-only server succeeded"
+[[ -n $out ]] || fail "no error message for a refused plaintext connect"
+
+step "re-export: --blockdev nbd behind --export nbd, read by nbdcopy"
+R=$WORK/reexport.sock
+daemon_start re --blockdev "nbd,id=remote,uri=nbd+unix:///?socket=$K" \
+  --export "nbd,blockdev=remote,socket=$R"
+nbdcopy "nbd+unix:///?socket=$R" "$WORK/re-out.img"
+same_as_src "$WORK/re-out.img"
+nbdinfo --json "nbd+unix:///?socket=$R" >"$WORK/re.json"
+jq -e '.exports[0] | .can_fua and .can_flush and .can_trim and .can_zero and (."export-size" == '"$SIZE"')' \
+  "$WORK/re.json" >/dev/null || fail "re-export flags: $(cat "$WORK/re.json")"
+daemon_stop re
+daemon_stop ours

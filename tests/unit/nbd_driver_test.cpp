@@ -1,0 +1,445 @@
+// The nbd driver against a real NBD server (nbdkit's memory plugin, with
+// filters that take capabilities away): data paths, flags honestly derived
+// from the server, block sizes, multi-conn, the completion fd, timeouts,
+// connect errors and a server that dies with requests in flight.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "native_test_util.hpp"
+
+extern char** environ;
+
+using namespace blkstack;
+using blkstack::test::pattern;
+using blkstack::test::wait_one;
+
+namespace {
+
+// nbdkit serving on a Unix socket in a temporary directory, killed at the end.
+class Nbdkit {
+ public:
+  explicit Nbdkit(std::vector<std::string> args) {
+    char tmpl[] = "/tmp/blkstack-nbdkit-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    sock_ = dir_ + "/sock";
+    std::string pidfile = dir_ + "/pid";
+    std::vector<std::string> argv = {"nbdkit", "-f", "-U", sock_, "-P", pidfile};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    if (posix_spawnp(&pid_, "nbdkit", nullptr, nullptr, cargv.data(), environ) != 0) pid_ = -1;
+    // nbdkit writes its pidfile once it is listening.
+    for (int i = 0; i < 1000 && pid_ > 0; i++) {
+      struct stat st;
+      if (stat(pidfile.c_str(), &st) == 0 && st.st_size > 0) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "nbdkit did not start";
+  }
+  ~Nbdkit() {
+    kill_now();
+    std::string cmd = "rm -rf " + dir_;
+    (void)system(cmd.c_str());
+  }
+  void kill_now() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  std::string uri() const { return "nbd+unix:///?socket=" + sock_; }
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_, sock_;
+  pid_t pid_ = -1;
+};
+
+std::unique_ptr<Device> connect_nbd(const std::string& uri, std::vector<std::pair<std::string, std::string>> extra = {},
+                                    int queues = 1) {
+  extra.insert(extra.begin(), {"uri", uri});
+  return blkstack::test::open_device("nbd", extra, queues);
+}
+
+template <typename T>
+T prop(Device& d, const char* name) {
+  PropType t = std::is_same_v<T, bool> ? PropType::kBool : std::is_same_v<T, int> ? PropType::kInt : PropType::kUint64;
+  auto v = d.get(name, t);
+  EXPECT_TRUE(v.ok()) << name << ": " << v.status().message();
+  return v ? std::get<T>(*v) : T{};
+}
+
+Status connect_only(const std::string& uri, std::vector<std::pair<std::string, std::string>> props = {}) {
+  auto d = Device::create("nbd");
+  EXPECT_TRUE(d.ok());
+  if (!uri.empty()) {
+    EXPECT_TRUE((*d)->set_str("uri", uri).ok());
+  }
+  for (auto& [k, v] : props) {
+    EXPECT_TRUE((*d)->set_str(k, v).ok()) << k;
+  }
+  return (*d)->connect();
+}
+
+struct Buf {
+  explicit Buf(size_t n) : p(static_cast<char*>(aligned_alloc(4096, n))), len(n) { memset(p, 0, n); }
+  ~Buf() { free(p); }
+  char* p;
+  size_t len;
+};
+
+}  // namespace
+
+TEST(NbdDriver, PropertiesFromAFullFeaturedServer) {
+  Nbdkit server({"memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(prop<uint64_t>(*dev, "capacity"), 64ull << 20);
+  EXPECT_TRUE(prop<bool>(*dev, "supports-fua-natively"));
+  EXPECT_TRUE(prop<bool>(*dev, "can-multi-conn"));
+  EXPECT_FALSE(prop<bool>(*dev, "read-only"));
+  EXPECT_EQ(prop<int>(*dev, "request-alignment"), 1);
+  EXPECT_EQ(prop<int>(*dev, "max-transfer"), 32 << 20);
+  EXPECT_EQ(prop<int>(*dev, "connections"), 1);
+}
+
+TEST(NbdDriver, ManyWritesInFlightThenReadBack) {
+  Nbdkit server({"memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  constexpr int kN = 64, kLen = 16384;
+  std::string data = pattern(kN * kLen, 7);
+  Buf buf(kN * kLen);
+  memcpy(buf.p, data.data(), data.size());
+  for (int i = 0; i < kN; i++) q.write(static_cast<uint64_t>(i) * 3 * kLen, buf.p + i * kLen, kLen, nullptr, 0);
+  std::vector<Completion> c(kN);
+  ASSERT_EQ(q.do_io(c.data(), kN, kN, nullptr), kN);
+  for (auto& x : c) EXPECT_EQ(x.ret, 0);
+  Buf back(kN * kLen);
+  for (int i = 0; i < kN; i++) q.read(static_cast<uint64_t>(i) * 3 * kLen, back.p + i * kLen, kLen, nullptr, 0);
+  ASSERT_EQ(q.do_io(c.data(), kN, kN, nullptr), kN);
+  for (auto& x : c) EXPECT_EQ(x.ret, 0);
+  EXPECT_EQ(memcmp(back.p, data.data(), data.size()), 0);
+}
+
+TEST(NbdDriver, VectoredIo) {
+  Nbdkit server({"memory", "16M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  std::string data = pattern(3 * 4096 + 100, 3);
+  iovec w[3] = {{data.data(), 4096}, {data.data() + 4096, 100}, {data.data() + 4196, 2 * 4096}};
+  q.writev(1000, w, 3, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  Buf back(data.size());
+  iovec r[4] = {{back.p, 10}, {back.p + 10, 0}, {back.p + 10, 5000}, {back.p + 5010, data.size() - 5010}};
+  q.readv(1000, r, 4, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  EXPECT_EQ(memcmp(back.p, data.data(), data.size()), 0);
+}
+
+TEST(NbdDriver, ZeroesDiscardFlushAndFua) {
+  Nbdkit server({"memory", "16M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  Buf buf(1 << 20);
+  memset(buf.p, 0xab, buf.len);
+  q.write(0, buf.p, buf.len, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.write_zeroes(4096, 8192, nullptr, kReqNoUnmap);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.write_zeroes(65536, 4096, nullptr, kReqNoFallback | kReqFua);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.discard(131072, 65536, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.flush(nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  Buf back(1 << 20);
+  q.read(0, back.p, back.len, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  auto all = [&](size_t off, size_t len, unsigned char v) {
+    for (size_t i = off; i < off + len; i++) {
+      if (static_cast<unsigned char>(back.p[i]) != v) return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(all(0, 4096, 0xab));
+  EXPECT_TRUE(all(4096, 8192, 0));
+  EXPECT_TRUE(all(12288, 65536 - 12288, 0xab));
+  EXPECT_TRUE(all(65536, 4096, 0));
+  EXPECT_TRUE(all(131072, 65536, 0));  // the memory plugin's trim reads back zeroes
+  EXPECT_TRUE(all(196608, back.len - 196608, 0xab));
+}
+
+TEST(NbdDriver, ServerWithoutFuaZeroOrTrim) {
+  // The fua filter's default mode takes NBD_FLAG_SEND_FUA away, nozero's
+  // takes NBD_FLAG_SEND_WRITE_ZEROES.
+  Nbdkit server({"--filter=fua", "--filter=nozero", "memory", "16M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_FALSE(prop<bool>(*dev, "supports-fua-natively"));
+  Queue& q = *dev->queue(0);
+  Buf buf(65536);
+  memset(buf.p, 0x5a, buf.len);
+  q.write(0, buf.p, buf.len, nullptr, kReqFua);  // emulated: write, then flush
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.write_zeroes(0, 4096, nullptr, kReqNoFallback);
+  EXPECT_EQ(wait_one(q).ret, -ENOTSUP);
+  q.write_zeroes(0, 4096, nullptr, 0);  // falls back to writing zeroes
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.read(0, buf.p, buf.len, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  EXPECT_EQ(buf.p[0], 0);
+  EXPECT_EQ(buf.p[4095], 0);
+  EXPECT_EQ(buf.p[4096], 0x5a);
+}
+
+TEST(NbdDriver, ServerBlockSizesBecomeAlignmentAndMaxTransfer) {
+  Nbdkit server({"--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=4096",
+                 "blocksize-preferred=65536", "blocksize-maximum=262144"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(prop<int>(*dev, "request-alignment"), 4096);
+  EXPECT_EQ(prop<int>(*dev, "optimal-io-size"), 65536);
+  EXPECT_EQ(prop<int>(*dev, "max-transfer"), 262144);
+  Queue& q = *dev->queue(0);
+  Buf buf(1 << 20);
+  q.read(512, buf.p, 4096, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, -EINVAL);
+  q.read(0, buf.p, 524288, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, -EINVAL);
+  q.read(4096, buf.p, 262144, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, 0);
+}
+
+TEST(NbdDriver, ReadOnlyExport) {
+  Nbdkit server({"-r", "memory", "16M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_TRUE(prop<bool>(*dev, "read-only"));
+  Queue& q = *dev->queue(0);
+  Buf buf(4096);
+  q.write(0, buf.p, 4096, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, -EBADF);
+  q.read(0, buf.p, 4096, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, 0);
+}
+
+TEST(NbdDriver, MultiConnQueuesOnTwoThreads) {
+  Nbdkit server({"memory", "64M"});
+  auto dev = connect_nbd(server.uri(), {}, 2);
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(prop<int>(*dev, "connections"), 2);
+  auto worker = [&](int qi) {
+    Queue& q = *dev->queue(qi);
+    Buf buf(1 << 20);
+    std::string data = pattern(buf.len, 100 + qi);
+    memcpy(buf.p, data.data(), buf.len);
+    for (int i = 0; i < 16; i++) q.write((qi * 16 + i) * 65536ull, buf.p + i * 65536, 65536, nullptr, 0);
+    std::vector<Completion> c(16);
+    EXPECT_EQ(q.do_io(c.data(), 16, 16, nullptr), 16);
+    q.flush(nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+  // Each queue reads what the other wrote: one export behind both connections.
+  for (int qi = 0; qi < 2; qi++) {
+    Queue& q = *dev->queue(1 - qi);
+    Buf back(1 << 20);
+    q.read(qi * 16 * 65536ull, back.p, back.len, nullptr, 0);
+    ASSERT_EQ(wait_one(q).ret, 0);
+    EXPECT_EQ(memcmp(back.p, pattern(back.len, 100 + qi).data(), back.len), 0) << "queue " << qi;
+  }
+}
+
+TEST(NbdDriver, NoMultiConnMeansOneSharedConnection) {
+  Nbdkit server({"--filter=multi-conn", "memory", "16M", "multi-conn-mode=disable"});
+  auto dev = connect_nbd(server.uri(), {}, 2);
+  ASSERT_TRUE(dev);
+  EXPECT_FALSE(prop<bool>(*dev, "can-multi-conn"));
+  EXPECT_EQ(prop<int>(*dev, "connections"), 1);
+  // Both queues work through the one connection, from two threads.
+  auto worker = [&](int qi) {
+    Queue& q = *dev->queue(qi);
+    Buf buf(4096);
+    for (int i = 0; i < 200; i++) {
+      memset(buf.p, qi + 1, 4096);
+      q.write((qi * 200 + i) * 4096ull, buf.p, 4096, nullptr, 0);
+      EXPECT_EQ(wait_one(q).ret, 0);
+      q.read((qi * 200 + i) * 4096ull, buf.p, 4096, nullptr, 0);
+      EXPECT_EQ(wait_one(q).ret, 0);
+      EXPECT_EQ(buf.p[4095], qi + 1);
+    }
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+
+  // Asking for two connections anyway is refused: flushes would not cover both.
+  auto d = Device::create("nbd");
+  ASSERT_TRUE((*d)->set_str("uri", server.uri()).ok());
+  ASSERT_TRUE((*d)->set_str("connections", "2").ok());
+  ASSERT_TRUE((*d)->connect().ok());
+  ASSERT_TRUE((*d)->set("num-queues", PropValue(2)).ok());
+  Status s = (*d)->start();
+  EXPECT_EQ(s.code(), -EINVAL);
+  EXPECT_NE(s.message().find("multi-conn"), std::string::npos) << s.message();
+}
+
+TEST(NbdDriver, CompletionFdWakesTheEventLoop) {
+  Nbdkit server({"--filter=delay", "memory", "16M", "rdelay=200ms"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  int fd = q.completion_fd();
+  ASSERT_GE(fd, 0);
+  EXPECT_NE(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+  q.set_completion_fd_enabled(true);
+  Buf buf(4096);
+  q.read(0, buf.p, 4096, reinterpret_cast<void*>(42), 0);
+  Completion c{};
+  EXPECT_EQ(q.do_io(&c, 0, 1, nullptr), 0);  // submits; nothing done yet
+  auto t0 = std::chrono::steady_clock::now();
+  int got = 0;
+  while (got == 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)) {
+    pollfd p{fd, POLLIN, 0};
+    ASSERT_GE(poll(&p, 1, 10000), 0);
+    got = q.do_io(&c, 0, 1, nullptr);  // spurious wakeups are allowed
+  }
+  ASSERT_EQ(got, 1);
+  EXPECT_EQ(c.ret, 0);
+  EXPECT_EQ(c.user_data, reinterpret_cast<void*>(42));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(150));
+}
+
+TEST(NbdDriver, DoIoTimeout) {
+  Nbdkit server({"--filter=delay", "memory", "16M", "rdelay=3"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  Buf buf(4096);
+  q.read(0, buf.p, 4096, nullptr, 0);
+  Completion c{};
+  timespec t{0, 100 * 1000 * 1000};
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(q.do_io(&c, 1, 1, &t), -ETIME);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1500));
+  EXPECT_EQ(wait_one(q).ret, 0);  // and it still finishes
+}
+
+TEST(NbdDriver, ServerKilledWithRequestsInFlight) {
+  auto server = std::make_unique<Nbdkit>(std::vector<std::string>{"--filter=delay", "memory", "16M", "wdelay=5"});
+  auto dev = connect_nbd(server->uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  Buf buf(65536);
+  for (int i = 0; i < 4; i++) q.write(i * 65536ull, buf.p, 65536, nullptr, 0);
+  Completion c[4]{};
+  timespec t{0, 200 * 1000 * 1000};
+  EXPECT_EQ(q.do_io(c, 1, 4, &t), -ETIME);
+  server->kill_now();
+  timespec t2{10, 0};
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(q.do_io(c, 4, 4, &t2), 4);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  for (auto& x : c) EXPECT_LT(x.ret, 0);
+  // New requests fail at once instead of hanging.
+  q.read(0, buf.p, 4096, nullptr, 0);
+  t2 = {5, 0};
+  ASSERT_EQ(q.do_io(c, 1, 1, &t2), 1);
+  EXPECT_LT(c[0].ret, 0);
+}
+
+TEST(NbdDriver, ConnectErrorsAreClearAndBounded) {
+  Status s = connect_only("");
+  EXPECT_EQ(s.code(), -EINVAL);
+  EXPECT_NE(s.message().find("uri"), std::string::npos);
+
+  s = connect_only("nbd+unix:///?socket=/nonexistent/blkstack.sock");
+  EXPECT_LT(s.code(), 0);
+  EXPECT_NE(s.message().find("/nonexistent/blkstack.sock"), std::string::npos) << s.message();
+
+  s = connect_only("http://example.com/");
+  EXPECT_LT(s.code(), 0);
+
+  // A server that accepts but never speaks: connect-timeout bounds the wait.
+  char tmpl[] = "/tmp/blkstack-mute-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::string path = dir + "/sock";
+  int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  strcpy(a.sun_path, path.c_str());
+  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(ls, 4), 0);
+  auto t0 = std::chrono::steady_clock::now();
+  s = connect_only("nbd+unix:///?socket=" + path, {{"connect-timeout", "1"}});
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(s.code(), -ETIMEDOUT) << s.message();
+  EXPECT_NE(s.message().find("connect-timeout"), std::string::npos) << s.message();
+  EXPECT_GE(took, std::chrono::milliseconds(900));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  close(ls);
+  unlink(path.c_str());
+  rmdir(dir.c_str());
+}
+
+TEST(NbdDriver, ExportPropertyNamesTheExport) {
+  // The exportname filter serves only the export named here.
+  Nbdkit server({"--filter=exportname", "memory", "16M", "exportname=disk1", "exportname-strict=true"});
+  Status s = connect_only(server.uri(), {{"export", "disk1"}});
+  EXPECT_TRUE(s.ok()) << s.message();
+  s = connect_only(server.uri(), {{"export", "other"}});
+  EXPECT_LT(s.code(), 0);
+  s = connect_only("nbd+unix:///disk1?socket=/x", {{"export", "disk1"}});
+  EXPECT_EQ(s.code(), -EINVAL);
+  EXPECT_NE(s.message().find("already names an export"), std::string::npos) << s.message();
+}
+
+// An event loop that only hears edges (io_uring's multishot poll, epoll with
+// EPOLLET) must still get every completion: the driver may not leave replies
+// unread in the socket when it returns.
+TEST(NbdDriver, EdgeTriggeredEventLoopLosesNothing) {
+  Nbdkit server({"memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  q.set_completion_fd_enabled(true);
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLET;
+  ASSERT_EQ(epoll_ctl(ep, EPOLL_CTL_ADD, q.completion_fd(), &ev), 0);
+  constexpr int kN = 128, kLen = 65536;
+  Buf buf(static_cast<size_t>(kN) * kLen);
+  for (int round = 0; round < 5; round++) {
+    for (int i = 0; i < kN; i++) q.read(static_cast<uint64_t>(i) * kLen, buf.p + i * kLen, kLen, nullptr, 0);
+    std::vector<Completion> c(kN);
+    int done = q.do_io(c.data(), 0, kN, nullptr);
+    ASSERT_GE(done, 0);
+    while (done < kN) {
+      epoll_event out;
+      ASSERT_EQ(epoll_wait(ep, &out, 1, 5000), 1) << "no wakeup with " << kN - done << " requests left";
+      int n = q.do_io(c.data(), 0, kN, nullptr);
+      ASSERT_GE(n, 0);
+      done += n;
+    }
+  }
+  close(ep);
+}
