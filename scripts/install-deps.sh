@@ -12,6 +12,7 @@ PACKAGES=(
   clang lld libclang-rt-14-dev
   # tests, benchmarks, real peers
   valgrind fio gnutls-bin libnbd-bin python3-libnbd jq nbdkit nbd-client qemu-utils qemu-system-x86 qemu-block-extra
+  ceph-mon ceph-osd ceph-common librbd-dev uuid-runtime
   debootstrap busybox-static kmod e2fsprogs xz-utils zstd cpio python3 procps util-linux iproute2 socat
 )
 

@@ -1,6 +1,7 @@
 // The drivers built into this library, by the name blkio_create() takes.
 #include "core/driver.hpp"
 #include "drivers/io_uring/io_uring_driver.hpp"
+#include "drivers/rbd/rbd_driver.hpp"
 
 namespace blkstack {
 
@@ -12,6 +13,7 @@ std::span<const DriverEntry> drivers() {
       {"io_uring", &IoUringDriver::create},
       {"nbd", &make_nbd_driver},
       {"null", &make_null_driver},
+      {"rbd", &RbdDriver::create},
   };
   return entries;
 }
