@@ -85,4 +85,39 @@ nbdinfo --json "nbd+unix:///?socket=$R" >"$WORK/re.json"
 jq -e '.exports[0] | .can_fua and .can_flush and .can_trim and .can_zero and (."export-size" == '"$SIZE"')' \
   "$WORK/re.json" >/dev/null || fail "re-export flags: $(cat "$WORK/re.json")"
 daemon_stop re
+
+step "server killed mid-I/O behind a re-export: errors, no hang, the daemon stays up"
+P=$WORK/persist.sock
+R2=$WORK/reexport2.sock
+truncate -s "$SIZE" "$WORK/persist.img"
+qemu_nbd_start() {
+  qemu-nbd -k "$P" -f raw --persistent --shared=4 "$WORK/persist.img" >>"$WORK/qemu-nbd.log" 2>&1 &
+  QPID=$!
+  at_exit kill "$QPID"
+  for _ in $(seq 100); do [[ -S $P ]] && return; sleep 0.1; done
+  fail "qemu-nbd did not start"
+}
+qemu_nbd_start
+# Written through the driver and flushed: acknowledged.
+copy "io_uring,path=$WORK/src.img" "nbd,uri=nbd+unix:///?socket=$P"
+daemon_start re2 --blockdev "nbd,id=r2,uri=nbd+unix:///?socket=$P" --export "nbd,blockdev=r2,socket=$R2"
+# One 4 KiB request at a time through two hops: long enough to be cut off.
+nbdcopy --connections=1 --requests=1 --request-size=4096 "nbd+unix:///?socket=$R2" "$WORK/cut.img" \
+  2>"$WORK/cut.err" &
+COPY=$!
+sleep 0.3
+kill -9 "$QPID"
+rm -f "$P"
+for _ in $(seq 200); do kill -0 "$COPY" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$COPY" 2>/dev/null && fail "nbdcopy still running 20 s after the server died"
+wait "$COPY" && fail "nbdcopy succeeded although the server died under it"
+daemon_alive re2
+# New requests fail at once too.
+expect_fail timeout 10 nbdcopy "nbd+unix:///?socket=$R2" "$WORK/cut2.img"
+daemon_alive re2
+daemon_stop re2
+step "the server back: everything it acknowledged is there"
+qemu_nbd_start
+copy_out "nbd,uri=nbd+unix:///?socket=$P" "$WORK/after.img"
+same_as_src "$WORK/after.img"
 daemon_stop ours

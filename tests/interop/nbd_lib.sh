@@ -48,7 +48,7 @@ at_exit() { _AT_EXIT+=("$(printf '%q ' "$@")"); }
 _cleanup() {
   local rc=$? i name pid
   set +e
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM ERR  # cleanup commands may fail (a daemon already gone)
   # Whoever reads our output may be gone (a killed pipeline): cleaning up
   # must not die of SIGPIPE.
   trap '' PIPE
