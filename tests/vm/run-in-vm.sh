@@ -133,15 +133,25 @@ trap 'echo "$PROG: terminated" >&2; exit 143' TERM HUP
 TOKEN=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 
 # ---- accelerator --------------------------------------------------------------
+# KVM where /dev/kvm is usable, unless an earlier run found that KVM cannot run
+# this guest (nested KVM here once stopped the guest kernel with "KVM internal
+# error ... emulation failure" on a locked cmpxchg16b and left it paused); the
+# verdict is remembered in the lab directory (a cache: delete it to try again).
 ACCEL=${BLKSTACK_VM_ACCEL:-}
+ACCEL_FORCED=${ACCEL:+1}
+KVM_UNUSABLE_MARK=$LAB_DIR/kvm-unusable
 if [ -z "$ACCEL" ]; then
-  if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=kvm; else ACCEL=tcg; fi
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ ! -e "$KVM_UNUSABLE_MARK" ]; then ACCEL=kvm; else ACCEL=tcg; fi
 fi
-case "$ACCEL" in
-  kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
-  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
-  *) bad_usage "BLKSTACK_VM_ACCEL must be kvm or tcg" ;;
-esac
+set_accel() {
+  case "$1" in
+    kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
+    tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
+    *) bad_usage "BLKSTACK_VM_ACCEL must be kvm or tcg" ;;
+  esac
+  ACCEL=$1
+}
+set_accel "$ACCEL"
 
 # ---- devices ------------------------------------------------------------------
 DEV_ARGS=()
@@ -150,7 +160,7 @@ if [ "$IOMMU" = 1 ]; then
   [ "$MACHINE" = q35 ] || bad_usage "--iommu needs --machine q35"
   # Interrupt remapping needs the split irqchip under KVM. The vIOMMU must
   # come before the devices it translates for.
-  [ "$ACCEL" = kvm ] && MACHINE_ARGS=(-machine q35,kernel-irqchip=split)
+  [ "$ACCEL" = kvm ] && MACHINE_ARGS=(-machine q35,kernel-irqchip=split)  # (tcg fallback: see boot)
   DEV_ARGS+=(-device intel-iommu,intremap=on,caching-mode=on)
   APPEND="$APPEND intel_iommu=on"
 fi
@@ -247,7 +257,11 @@ KARGS="console=ttyS0 panic=-1 oops=panic"
 KARGS="$KARGS$APPEND"
 CONSOLE=$RUN/console.log
 QEMU=(
-  qemu-system-x86_64 "${MACHINE_ARGS[@]}" "${ACCEL_ARGS[@]}" -m "$MEM" -smp "$CPUS"
+  qemu-system-x86_64 "${MACHINE_ARGS[@]}" "${ACCEL_ARGS[@]}"
+)
+QEMU_FIXED=${#QEMU[@]}  # what follows does not depend on the accelerator
+QEMU+=(
+  -m "$MEM" -smp "$CPUS"
   -kernel "$KERNEL" -initrd "$INITRD" -append "$KARGS"
   -nodefaults -no-user-config -display none -no-reboot
   -chardev "stdio,id=con,logfile=$CONSOLE"
@@ -266,19 +280,45 @@ fi
 boot_attempts=0
 while :; do
   boot_attempts=$((boot_attempts + 1))
+  : >"$RUN/qemu.err"
   if [ "$SHELL_MODE" = 1 ]; then
     # --foreground: QEMU must stay in the terminal's process group to read it.
     # (An explicit <&0: bash gives background jobs /dev/null as stdin.)
-    timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" <&0 &
+    timeout --foreground -k 5 "$TIMEOUT" "${QEMU[@]}" <&0 2> >(tee -a "$RUN/qemu.err" >&2) &
   else
-    timeout -k 5 "$TIMEOUT" "${QEMU[@]}" </dev/null &
+    timeout -k 5 "$TIMEOUT" "${QEMU[@]}" </dev/null 2> >(tee -a "$RUN/qemu.err" >&2) &
   fi
   QPID=$!
+  # A KVM internal error pauses the guest for good: notice it and stop QEMU
+  # instead of waiting out the timeout.
+  kvm_failed=0
+  if [ "$ACCEL" = kvm ]; then
+    while kill -0 "$QPID" 2>/dev/null; do
+      if grep -q 'KVM internal error' "$RUN/qemu.err" 2>/dev/null; then
+        kvm_failed=1
+        kill -TERM "$QPID" 2>/dev/null || true
+        break
+      fi
+      sleep 0.5
+    done
+  fi
   set +e
   wait "$QPID"
   QRC=$?
   set -e
   QPID=""
+  if [ "$kvm_failed" = 1 ]; then
+    if [ -z "$ACCEL_FORCED" ] && [ ! -f "$CTL/boot-uptime" ]; then
+      echo "$PROG: KVM cannot run this guest here (KVM internal error while booting); using TCG from now on ($KVM_UNUSABLE_MARK)" >&2
+      touch "$KVM_UNUSABLE_MARK" 2>/dev/null || true
+      set_accel tcg
+      [ "$IOMMU" = 1 ] && MACHINE_ARGS=(-machine q35)
+      QEMU=(qemu-system-x86_64 "${MACHINE_ARGS[@]}" "${ACCEL_ARGS[@]}" "${QEMU[@]:QEMU_FIXED}")
+      mv -f -- "$CONSOLE" "$CONSOLE.kvm" 2>/dev/null || true
+      continue
+    fi
+    die "KVM internal error in the guest (BLKSTACK_VM_ACCEL=tcg avoids KVM)"
+  fi
   if [ "$SHELL_MODE" = 0 ] && [ "$ACCEL" = tcg ] && [ "$boot_attempts" -lt 3 ] && [ ! -f "$CTL/boot-uptime" ] &&
     [ "$QRC" != 124 ] && [ "$QRC" != 137 ] && grep -qE 'Oops:|Kernel panic' "$CONSOLE" 2>/dev/null; then
     echo "$PROG: the guest kernel crashed while booting under TCG ($(grep -m1 -oE 'Oops:[^[]*|Kernel panic.*' "$CONSOLE")); booting again" >&2
