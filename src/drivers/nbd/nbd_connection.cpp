@@ -56,11 +56,11 @@ Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
   if (!h) return nbd_error("nbd_create");
   // nbds+unix URIs name their PSK/certificate files in the query string.
   if (nbd_set_uri_allow_local_file(h.get(), true) < 0) return nbd_error("nbd_set_uri_allow_local_file");
-  // libnbd zeroes every read buffer before the read by default, in case a
-  // broken server leaves part of it unwritten: a memset of the whole request
-  // (over half of all user-space instructions at 4 KiB). libnbd still fails a
-  // read whose reply does not cover it, so only garbage from a server that
-  // breaks the protocol could get through, as with any other driver's device.
+  // libnbd zeroes every read buffer before the read by default, so that an
+  // application that ignores a failed read does not see old heap contents: a
+  // memset of the whole request, over half of all user-space instructions at
+  // 4 KiB. As with every driver, a failed read's buffer is undefined
+  // (blkio(3)); a read that succeeds has been written by the reply.
   if (nbd_set_pread_initialize(h.get(), false) < 0) return nbd_error("nbd_set_pread_initialize");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) < 0) return nbd_error(fmt::format("connect to {}", uri));
   uint64_t deadline = timeout_s > 0 ? now_ms() + static_cast<uint64_t>(timeout_s) * 1000 : UINT64_MAX;
