@@ -73,7 +73,7 @@ ours_iops() {  # WRITE(0|1) DEPTH EXPECTED_IOPS
   out=$("$BLKSTACK" bench-one --lib "$LIB" --driver rbd --prop pool=rbd --prop image=$IMAGE \
     --prop "conf=$CEPH_CONF" --count "$count" --bs 4096 --depth "$2" $([[ $1 == 1 ]] && echo --write))
   # "N requests in S s"
-  awk '{ printf "%.0f\n", $1 / $4 }' <<<"$out"
+  awk '/requests in/ { printf "%.0f\n", $1 / $4 }' <<<"$out"
 }
 
 qemu_iops() {  # WRITE(0|1) DEPTH EXPECTED_IOPS

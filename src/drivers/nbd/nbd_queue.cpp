@@ -206,7 +206,10 @@ void NbdQueue::pump(Read read) {
     bool readable = (read == Read::kReadable && !shared) || socket_readable();
     while (readable && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ)) {
       if (nbd_aio_notify_read(h) < 0 || !connection_alive()) return;
-      readable = socket_readable();
+      // With nothing in flight no reply can follow (a hang-up will wake the
+      // completion fd by itself): spare the poll(), one system call in four
+      // per request at depth 1.
+      readable = nbd_aio_in_flight(h) > 0 && socket_readable();
     }
   }
   if (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) nbd_aio_notify_write(h);
