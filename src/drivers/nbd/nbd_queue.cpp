@@ -32,14 +32,14 @@ NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps) : conn_(std::mov
   conn_->queues++;
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
-  sock_ = nbd_aio_get_fd(conn_->get());
+  int sock = nbd_aio_get_fd(conn_->get());
   if (!ok()) return;
   // blkio(3): the completion fd is non-blocking (applications may read it).
   ::fcntl(epoll_.get(), F_SETFL, O_NONBLOCK);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-  if (sock_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock_, &ev);
+  if (sock >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev);
   ready_.reserve(64);
 }
 

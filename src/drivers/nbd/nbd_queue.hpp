@@ -72,7 +72,6 @@ class NbdQueue final : public DriverQueue {
   NbdCaps caps_;
   UniqueFd wake_;   // eventfd: other threads finished our requests
   UniqueFd epoll_;  // the completion fd: the socket (readable) and wake_
-  int sock_ = -1;
 
   std::mutex inbox_mu_;
   std::vector<Cmd*> inbox_;  // finished by other threads
