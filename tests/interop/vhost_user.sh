@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
+# vhost_user.sh BUILD_DIR
+#
+# vhost-user-blk, client x server matrix:
+#   client: real  - libblkio 1.5.0's virtio-blk-vhost-user driver (Debian trixie)
+#           ours  - our libblkio.so.1's virtio-blk-vhost-user driver
+#   server: qsd      - Debian 12's qemu-storage-daemon vhost-user-blk export
+#           blkstack - `blkstack serve --export vhost-user-blk,...`
+# The clients are libblkio's own example programs (blkio-info, blkio-copy,
+# blkio-bench), the same binaries for both libraries (LD_LIBRARY_PATH).
+#
+# For each pair, on a 64 MiB image with 2 queues:
+#   - blkio-info sees the capacity;
+#   - blkio-copy reads a random image out (read path), writes another random
+#     image in (the backing file must then match), reads it back, and notices
+#     a byte changed behind the server's back;
+#   - blkio-bench: randread depth 32 on 2 threads (2 queues), randwrite depth
+#     8, randread depth 1 with --poll: exit 0 and IOPS > 0;
+#   - a read-only export refuses blkio-copy's writes and the image is unchanged;
+#   - SIGKILL of the server under a running blkio-bench (depth 32) makes the
+#     client exit non-zero within 15 s (no hang); under blkio-copy (a blocking
+#     blkioq_do_io() with no timeout) OUR driver must fail the request too
+#     (real libblkio 1.5 waits forever there: logged, not asserted).
+# Pairs with OUR driver or export are skipped, saying so, only while that code
+# is absent from the build (see vhost_client_available / vhost_export_available
+# in vhost_lib.sh); BLKSTACK_VHOST_REQUIRE=1 makes absence a failure.
+set -euo pipefail
+TEST_NAME=vhost_user
+source "$(dirname "$0")/vhost_lib.sh"
+vhost_setup "${1:-}"
+
+SIZE_MIB=64
+QUEUES=2
+PASSED=() SKIPPED=()
+
+pair() {  # SERVER CLIENT
+    local server=$1 client=$2 p="$1-$2"
+    local img=$WORK/$p.img sock=$WORK/$p.sock a=$WORK/$p.a b=$WORK/$p.b out=$WORK/$p.out
+    local cap iops rc t0 dt
+
+    step "$client client <-> $server export"
+    random_image "$a" "$SIZE_MIB"
+    random_image "$b" "$SIZE_MIB"
+    cp "$a" "$img"
+    start_vhost_server "$server" "$img" "$sock" "$QUEUES"
+
+    cap=$(blkio_run "$client" blkio-info virtio-blk-vhost-user "path=$sock" capacity) ||
+        die "$p: blkio-info failed"
+    [[ $cap == $((SIZE_MIB << 20)) ]] || die "$p: capacity $cap, want $((SIZE_MIB << 20))"
+    pass "$p: blkio-info capacity $cap"
+
+    libblkio_copy_vhost "$client" out "$sock" "$out" || die "$p: blkio-copy device -> file failed"
+    assert_same_file "$a" "$out" "$p: blkio-copy reads the image the server was started on"
+
+    libblkio_copy_vhost "$client" in "$b" "$sock" || die "$p: blkio-copy file -> device failed"
+    assert_same_file "$b" "$img" "$p: blkio-copy wrote a random image; the backing file matches"
+
+    libblkio_copy_vhost "$client" out "$sock" "$out" || die "$p: blkio-copy device -> file failed"
+    assert_same_file "$b" "$out" "$p: blkio-copy reads it back"
+
+    # A byte changed in the backing file behind the server's back is seen:
+    # the reads come from the file, not from anything cached on the way.
+    printf '\x5a' | dd of="$img" bs=1 seek=$((3 << 20)) conv=notrunc status=none
+    cmp -s "$b" "$img" && printf '\xa5' | dd of="$img" bs=1 seek=$((3 << 20)) conv=notrunc status=none
+    libblkio_copy_vhost "$client" out "$sock" "$out" || die "$p: blkio-copy device -> file failed"
+    [[ $(cmp "$b" "$out" 2>&1 || true) == *"byte $((3 * 1024 * 1024 + 1))"* ]] ||
+        die "$p: a byte changed in the backing file at 3 MiB is not seen through the export: $(cmp "$b" "$out" 2>&1)"
+    assert_same_file "$img" "$out" "$p: a byte changed in the backing file is read through the export"
+
+    iops=$(libblkio_bench_vhost "$client" "$sock" randread 4096 32 2 --num-threads=$QUEUES) ||
+        die "$p: blkio-bench randread depth 32, $QUEUES threads failed"
+    ((iops > 0)) || die "$p: blkio-bench randread: $iops IOPS"
+    pass "$p: blkio-bench randread 4k depth 32, $QUEUES threads/queues: $iops IOPS"
+    iops=$(libblkio_bench_vhost "$client" "$sock" randwrite 4096 8 1) ||
+        die "$p: blkio-bench randwrite failed"
+    ((iops > 0)) || die "$p: blkio-bench randwrite: $iops IOPS"
+    pass "$p: blkio-bench randwrite 4k depth 8: $iops IOPS"
+    iops=$(libblkio_bench_vhost "$client" "$sock" randread 4096 1 1 --poll) ||
+        die "$p: blkio-bench --poll failed"
+    ((iops > 0)) || die "$p: blkio-bench --poll: $iops IOPS"
+    pass "$p: blkio-bench randread 4k depth 1 --poll: $iops IOPS"
+    vhost_server_alive "$sock" || die "$p: the $server server died during the benchmarks"
+    stop_vhost_server "$sock"
+
+    # Read-only export.
+    cp "$a" "$img"
+    start_vhost_server "$server" "$img" "$sock" 1 readonly
+    if libblkio_copy_vhost "$client" in "$b" "$sock" >"$WORK/ro.err" 2>&1; then
+        die "$p: blkio-copy into a read-only export succeeded"
+    fi
+    assert_same_file "$a" "$img" "$p: read-only export refused blkio-copy's writes ($(head -c 120 "$WORK/ro.err" | tr '\n' ' '))"
+    libblkio_copy_vhost "$client" out "$sock" "$out" read-only=true || die "$p: blkio-copy from a read-only export failed"
+    assert_same_file "$a" "$out" "$p: read-only export serves reads"
+    stop_vhost_server "$sock"
+
+    kill_under_load "$server" "$client"
+    rm -f "$img" "$a" "$b" "$out"
+    PASSED+=("$p")
+}
+
+# kill_under_load SERVER CLIENT: the server dies (SIGKILL) under a running
+# client.
+#  1. blkio-bench randread depth 32: must exit non-zero within 15 s.
+#     (blkio-bench aborts by itself when a completion takes over 500 ms.)
+#  2. blkio-copy of a 4 GiB sparse image to /dev/null: blkioq_do_io() waits
+#     for one completion with no timeout. Our driver must notice the closed
+#     socket and fail the request (exit non-zero within 15 s). Real libblkio
+#     1.5 does not (it waits forever): recorded, not asserted.
+kill_under_load() {
+    local server=$1 client=$2 p="$1-$2" rc t0 dt bpid
+    local img=$WORK/$p.kill.img sock=$WORK/$p.kill.sock
+    truncate -s 4G "$img"
+    start_vhost_server "$server" "$img" "$sock" "$QUEUES"
+    t0=$SECONDS
+    # (a subshell: bash's own "Aborted" job report stays out of the log)
+    ( LD_LIBRARY_PATH=$(_client_libdir "$client") exec timeout -k 5 30 "$VHOST_BIN/blkio-bench" \
+        --runtime=20 --iodepth=32 --readwrite=randread virtio-blk-vhost-user "path=$sock" \
+        >"$WORK/kill.out" 2>"$WORK/kill.err" ) &
+    bpid=$!
+    sleep 1
+    kill -0 "$bpid" 2>/dev/null || { cat "$WORK/kill.err"; die "$p: blkio-bench ended before the server was killed"; }
+    kill_vhost_server "$sock"
+    rc=0; wait "$bpid" 2>/dev/null || rc=$?
+    dt=$((SECONDS - t0 - 1))
+    [[ $rc -ne 0 ]] || die "$p: blkio-bench exited 0 although the server was killed under it"
+    [[ $rc -ne 124 && $rc -ne 137 ]] || die "$p: blkio-bench hung after the server was killed (timeout)"
+    ((dt <= 15)) || die "$p: blkio-bench took $dt s to notice the server's death"
+    pass "$p: server killed under blkio-bench depth 32: client exited $rc within ${dt} s ($(head -c 100 "$WORK/kill.err" | tr '\n' ' '))"
+
+    start_vhost_server "$server" "$img" "$sock" "$QUEUES"
+    local limit=30
+    [[ $client == real ]] && limit=4   # known to hang: do not wait long
+    t0=$SECONDS
+    ( LD_LIBRARY_PATH=$(_client_libdir "$client") exec timeout -k 2 "$limit" "$VHOST_BIN/blkio-copy" \
+        --input-blkio=virtio-blk-vhost-user "path=$sock" --output-file=/dev/null \
+        >"$WORK/kill.out" 2>"$WORK/kill.err" ) &
+    bpid=$!
+    sleep 0.5
+    kill -0 "$bpid" 2>/dev/null || { cat "$WORK/kill.err"; die "$p: blkio-copy of 4 GiB ended before the server was killed"; }
+    kill_vhost_server "$sock"
+    rc=0; wait "$bpid" 2>/dev/null || rc=$?
+    dt=$((SECONDS - t0))
+    if [[ $client == real ]]; then
+        if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+            log "known: real libblkio 1.5 blocks forever in blkioq_do_io() once the server is gone (blkio-copy killed by a ${limit} s timeout)"
+        else
+            log "note: real libblkio's blkio-copy exited $rc after the server was killed ($(head -c 100 "$WORK/kill.err" | tr '\n' ' '))"
+        fi
+    else
+        [[ $rc -ne 0 ]] || die "$p: blkio-copy exited 0 although the server was killed under it"
+        [[ $rc -ne 124 && $rc -ne 137 ]] || die "$p: blkio-copy (blocking blkioq_do_io) hung for $limit s after the server was killed: the driver must fail requests once the socket closes"
+        pass "$p: server killed under blkio-copy: blocking do_io failed, client exited $rc within ${dt} s ($(head -c 100 "$WORK/kill.err" | tr '\n' ' '))"
+    fi
+    rm -f "$img"
+}
+
+for server in qsd blkstack; do
+    for client in real ours; do
+        skip=""
+        if [[ $server == blkstack ]] && ! vhost_require_or_skip ours-export; then
+            skip=$(vhost_why_unavailable ours-export)
+        elif [[ $client == ours ]] && ! vhost_require_or_skip ours-client; then
+            skip=$(vhost_why_unavailable ours-client)
+        fi
+        if [[ -n $skip ]]; then
+            log "SKIP $client client <-> $server export: $skip"
+            SKIPPED+=("$server-$client")
+            continue
+        fi
+        pair "$server" "$client"
+    done
+done
+
+step "summary"
+log "passed:  ${PASSED[*]:-none}"
+log "skipped: ${SKIPPED[*]:-none} (code not built yet; BLKSTACK_VHOST_REQUIRE=1 makes this fail)"
+[[ ${#PASSED[@]} -ge 1 ]] || die "no pair ran"
