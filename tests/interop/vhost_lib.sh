@@ -5,6 +5,7 @@
 #
 #   source tests/interop/vhost_lib.sh
 #   vhost_setup BUILD_DIR        # root, packages, $WORK, real libblkio, example binaries
+#   vhost_setup_servers BUILD_DIR   # only root, packages, $WORK (no clients)
 #
 # Servers (each one is killed at exit; several may run at once, keyed by socket):
 #   start_qsd_vhost IMG SOCK [NUM_QUEUES] [readonly]
@@ -46,15 +47,20 @@ VHOST_QSD_AIO=${VHOST_QSD_AIO:-io_uring}
 VHOST_TIMEOUT=${VHOST_TIMEOUT:-60}   # bound for each client run (seconds)
 declare -A VHOST_PID=() VHOST_LOG=() VHOST_KIND=()
 
-vhost_setup() {
+# vhost_setup_servers BUILD_DIR: only what the servers need.
+vhost_setup_servers() {
     setup_build "${1:-}"
     BLKSTACK=$BLKSTACK_BUILD/tools/blkstack/blkstack
     [[ -x $BLKSTACK ]] || die "$BLKSTACK is missing: build first"
-    need_pkgs gcc:gcc /usr/include/stdio.h:libc6-dev jq:jq cmp:diffutils timeout:coreutils \
-        qemu-storage-daemon:qemu-system-common \
-        /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
+    need_pkgs cmp:diffutils timeout:coreutils qemu-storage-daemon:qemu-system-common
     make_workdir
     register_cleanup "vhost_kill_all"
+}
+
+vhost_setup() {
+    vhost_setup_servers "${1:-}"
+    need_pkgs gcc:gcc /usr/include/stdio.h:libc6-dev jq:jq \
+        /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
     REAL=$("$REPO_ROOT/scripts/libblkio-dev.sh" "${BLKSTACK_LIBBLKIO_DIR:-/var/cache/blkstack/libblkio}") ||
         die "could not fetch libblkio-dev"
     REAL_LIBDIR=$REAL/usr/lib/x86_64-linux-gnu
