@@ -11,6 +11,9 @@
 # The clients are libblkio's own example programs (blkio-info, blkio-copy,
 # blkio-bench), the same binaries for both libraries (LD_LIBRARY_PATH).
 #
+# For each server: vhost_probe.py (a raw vhost-user front-end) checks the
+# features, protocol features, queue count and virtio-blk config (capacity,
+# num_queues, BLK_F_RO on a read-only export, BLK_F_FLUSH).
 # For each pair, on a 64 MiB image with 2 queues:
 #   - blkio-info sees the capacity;
 #   - blkio-copy reads a random image out (read path), writes another random
@@ -156,7 +159,48 @@ kill_under_load() {
     rm -f "$img"
 }
 
+# probe_server SERVER: what the export offers a front-end (vhost_probe.py:
+# GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM, GET_CONFIG), writable
+# with 2 queues and read-only. Asserts what every front-end here needs; the
+# rest is printed next to qemu-storage-daemon's for comparison.
+probe_server() {
+    local server=$1 img=$WORK/probe.img sock=$WORK/probe.sock j
+    step "$server export: vhost-user features and virtio-blk config"
+    truncate -s ${SIZE_MIB}M "$img"
+    start_vhost_server "$server" "$img" "$sock" "$QUEUES"
+    timeout 20 python3 "$INTEROP_DIR/vhost_probe.py" "$sock" >"$WORK/probe.$server.json" ||
+        die "$server: vhost_probe.py failed"
+    j=$WORK/probe.$server.json
+    jq -e '.feature_names | index("F_VERSION_1")' "$j" >/dev/null || die "$server: no VIRTIO_F_VERSION_1"
+    jq -e '.feature_names | index("VHOST_USER_F_PROTOCOL_FEATURES")' "$j" >/dev/null || die "$server: no VHOST_USER_F_PROTOCOL_FEATURES"
+    jq -e '.protocol_feature_names | index("MQ") and index("CONFIG")' "$j" >/dev/null ||
+        die "$server: protocol features MQ and CONFIG are needed (libblkio and QEMU ask for the queue count and the config)"
+    jq -e --argjson q "$QUEUES" '.queue_num >= $q' "$j" >/dev/null || die "$server: GET_QUEUE_NUM $(jq .queue_num "$j") < $QUEUES"
+    jq -e --argjson q "$QUEUES" '.config.num_queues == $q' "$j" >/dev/null || die "$server: config num_queues $(jq .config.num_queues "$j"), want $QUEUES"
+    jq -e --argjson c $((SIZE_MIB << 11)) '.config.capacity_sectors == $c' "$j" >/dev/null ||
+        die "$server: config capacity $(jq .config.capacity_sectors "$j") sectors, want $((SIZE_MIB << 11))"
+    jq -e '.feature_names | index("BLK_F_RO") | not' "$j" >/dev/null || die "$server: a writable export offers BLK_F_RO"
+    jq -e '.feature_names | index("BLK_F_FLUSH")' "$j" >/dev/null || die "$server: no BLK_F_FLUSH (a guest's flushes would be dropped)"
+    pass "$server: $(jq -r '.feature_names | join(" ")' "$j")"
+    pass "$server: protocol $(jq -r '.protocol_feature_names | join(" ")' "$j"); queues $(jq .queue_num "$j"); config $(jq -c .config "$j")"
+    stop_vhost_server "$sock"
+    start_vhost_server "$server" "$img" "$sock" 1 readonly
+    timeout 20 python3 "$INTEROP_DIR/vhost_probe.py" "$sock" >"$WORK/probe.$server.ro.json" ||
+        die "$server: vhost_probe.py failed (read-only)"
+    jq -e '.feature_names | index("BLK_F_RO")' "$WORK/probe.$server.ro.json" >/dev/null || die "$server: a read-only export does not offer BLK_F_RO"
+    pass "$server: a read-only export offers BLK_F_RO"
+    stop_vhost_server "$sock"
+    rm -f "$img"
+    if [[ $server != qsd && -f $WORK/probe.qsd.json ]]; then
+        log "features only qsd offers: $(jq -rn --slurpfile a "$WORK/probe.qsd.json" --slurpfile b "$j" '$a[0].feature_names - $b[0].feature_names | join(" ")')"
+        log "features only $server offers: $(jq -rn --slurpfile a "$WORK/probe.qsd.json" --slurpfile b "$j" '$b[0].feature_names - $a[0].feature_names | join(" ")')"
+    fi
+}
+
 for server in qsd blkstack; do
+    if [[ $server == qsd ]] || vhost_require_or_skip ours-export; then
+        probe_server "$server"
+    fi
     for client in real ours; do
         skip=""
         if [[ $server == blkstack ]] && ! vhost_require_or_skip ours-export; then
