@@ -43,6 +43,19 @@
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# A failure shows the end of every server's log (they live in $WORK, which
+# is removed at exit), the dead ones' included.
+die() {
+    printf '[%s] FAIL: %s\n' "$TEST_NAME" "$*" >&2
+    local sock
+    for sock in "${!VHOST_LOG[@]}"; do
+        [[ -s ${VHOST_LOG[$sock]} ]] || continue
+        printf -- '---- %s server on %s: log (last 30 lines) ----\n' "${VHOST_KIND[$sock]}" "$sock" >&2
+        tail -n 30 "${VHOST_LOG[$sock]}" >&2
+    done
+    exit 1
+}
+
 VHOST_QSD_AIO=${VHOST_QSD_AIO:-io_uring}
 VHOST_TIMEOUT=${VHOST_TIMEOUT:-60}   # bound for each client run (seconds)
 declare -A VHOST_PID=() VHOST_LOG=() VHOST_KIND=()
@@ -145,7 +158,8 @@ start_qsd_vhost() {
         --pidfile "$sock.pid"
     )
     log "qemu-storage-daemon ${args[*]}"
-    qemu-storage-daemon "${args[@]}" >"${VHOST_LOG[$sock]}" 2>&1 &
+    echo "== $(date +%T) qemu-storage-daemon ${args[*]}" >>"${VHOST_LOG[$sock]}"
+    qemu-storage-daemon "${args[@]}" >>"${VHOST_LOG[$sock]}" 2>&1 &
     VHOST_PID[$sock]=$!
     _vhost_wait_ready "$sock" "$sock.pid" "qemu-storage-daemon"
     log "qemu-storage-daemon (pid ${VHOST_PID[$sock]}) serves $img on $sock ($queues queue(s)${ro:+, read-only})"
@@ -166,7 +180,8 @@ start_blkstack_vhost() {
     local fifo=$sock.ready
     rm -f "$fifo"; mkfifo "$fifo"
     exec {rfd}<>"$fifo"
-    "$BLKSTACK" serve --ready-fd 9 "${args[@]}" 9>"$fifo" >"${VHOST_LOG[$sock]}" 2>&1 &
+    echo "== $(date +%T) blkstack serve ${args[*]}" >>"${VHOST_LOG[$sock]}"
+    "$BLKSTACK" serve --ready-fd 9 "${args[@]}" 9>"$fifo" >>"${VHOST_LOG[$sock]}" 2>&1 &
     pid=$!
     VHOST_PID[$sock]=$pid
     local deadline=$((SECONDS + 30))
@@ -204,9 +219,14 @@ vhost_server_alive() {
 }
 
 stop_vhost_server() {
-    local sock=$1 pid i
+    local sock=$1 pid i rc=0
     pid=${VHOST_PID[$sock]:-}
     [[ -n $pid ]] || return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || rc=$?
+        unset "VHOST_PID[$sock]"
+        die "${VHOST_KIND[$sock]} on $sock died on its own before it was stopped (status $rc)"
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid" 2>/dev/null; die "${VHOST_KIND[$sock]} on $sock still running 30 s after SIGTERM"; }
@@ -216,8 +236,13 @@ stop_vhost_server() {
 }
 
 kill_vhost_server() {
-    local sock=$1 pid
+    local sock=$1 pid rc=0
     pid=${VHOST_PID[$sock]:?no server on $sock}
+    if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid" 2>/dev/null || rc=$?
+        unset "VHOST_PID[$sock]"
+        die "${VHOST_KIND[$sock]} on $sock died on its own before it was killed (status $rc)"
+    fi
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     unset "VHOST_PID[$sock]"
