@@ -63,13 +63,16 @@ WORKLOADS=("randread 4096 1" "randread 4096 32" "read 1048576 8")
 wl_name() { set -- $1; case $1 in randread) echo "randread-4k-qd$3" ;; read) echo "seqread-1m-qd$3" ;; esac; }
 
 bb() {  # CLIENT SOCK RW BS DEPTH -> IOPS
-  libblkio_bench_vhost "$1" "$2" "$3" "$4" "$5" "$SECONDS_PER"
+  libblkio_bench_vhost "$1" "$2" "$3" "$4" "$5" "$SECONDS_PER" ||
+    die "blkio-bench ($1 libblkio) on $2 failed: $3 bs $4 depth $5"
 }
 one() {  # LIB SOCK RW BS DEPTH -> IOPS
   local seq=()
   [[ $3 == read ]] && seq=(--sequential)
   timeout -k 5 $((SECONDS_PER + 60)) "$BLKSTACK" bench-one --lib "$1" --driver virtio-blk-vhost-user \
-    --prop "path=$2" --seconds "$SECONDS_PER" --bs "$4" --depth "$5" "${seq[@]}" | awk '/^IOPS/ {print $2}'
+    --prop "path=$2" --seconds "$SECONDS_PER" --bs "$4" --depth "$5" "${seq[@]}" >"$WORK/one.out" ||
+    { cat "$WORK/one.out" >&2; die "blkstack bench-one --lib $1 on $2 failed: $3 bs $4 depth $5"; }
+  awk '/^IOPS/ {print $2}' "$WORK/one.out"
 }
 median() { sort -n | awk '{a[NR]=$1} END { if (NR == 0) print "n/a"; else print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.3f\n", a / b }'; }
