@@ -11,10 +11,12 @@
 #   -machine q35,memory-backend=mem
 #   -chardev socket,id=vhu,path=SOCK -device vhost-user-blk-pci,chardev=vhu,num-queues=2
 # and runs vhost_user_guest_in_vm.sh: finds the disk by size, checks 2 queues,
-# writes a random pattern with O_DIRECT and reads it back, mkfs.ext4 + mount +
-# files + remount + verify + fsck. Back on the host, with the server stopped
+# writes a random pattern with O_DIRECT and reads it back, write-zeroes and
+# discard (blkdiscard), mkfs.ext4 + mount + files + remount + verify + fstrim
+# + fsck. Back on the host, with the server stopped
 # (SIGTERM: it must exit), the backing file must hold the pattern byte for
-# byte, a clean ext4, and the guest's files (read back with debugfs).
+# byte, zeros where the guest zeroed, a clean ext4, and the guest's files
+# (read back with debugfs).
 #
 # Exit 77 (ctest: skipped) when SERVER is blkstack and our export is not in
 # the build yet (BLKSTACK_VHOST_REQUIRE=1: fail instead).
@@ -32,7 +34,7 @@ fi
 need_pkgs debugfs:e2fsprogs e2fsck:e2fsprogs
 
 VM_DIR=$(cd "$(dirname "$0")" && pwd)
-SIZE_MIB=256 FS_MIB=128 PAT_OFF=200 PAT_MIB=16 QUEUES=2 MEM=${VHU_VM_MEM:-1024}
+SIZE_MIB=256 FS_MIB=128 PAT_OFF=200 PAT_MIB=16 ZERO_OFF=220 QUEUES=2 MEM=${VHU_VM_MEM:-1024}
 IMG=$WORK/disk.img SOCK=$WORK/vhu.sock PAT=$WORK/pattern OUT=$WORK/out
 truncate -s ${SIZE_MIB}M "$IMG"
 random_image "$PAT" $PAT_MIB
@@ -50,7 +52,7 @@ timeout -k 10 ${VHU_VM_TIMEOUT:-170} "$VM_DIR/run-in-vm.sh" --timeout ${VHU_VM_T
     --device "vhost-user-blk-pci,chardev=vhu,num-queues=$QUEUES" \
     --out "$OUT" \
     --env VHU_SIZE=$((SIZE_MIB << 20)) --env VHU_QUEUES=$QUEUES --env VHU_PATTERN="$PAT" \
-    --env VHU_PAT_OFF=$PAT_OFF --env VHU_FS_MIB=$FS_MIB \
+    --env VHU_PAT_OFF=$PAT_OFF --env VHU_FS_MIB=$FS_MIB --env VHU_ZERO_OFF=$ZERO_OFF \
     "$VM_DIR/vhost_user_guest_in_vm.sh" || rc=$?
 if [[ $rc -ne 0 ]]; then
     echo "---- $SERVER log ----" >&2; vhost_server_log_tail "$SOCK" >&2
@@ -67,6 +69,9 @@ cp "$PAT" "$WORK/expect"
 dd if="$PAT" of="$WORK/expect" bs=4k count=3 seek=7 conv=notrunc status=none
 dd if="$IMG" of="$WORK/got" bs=1M skip=$PAT_OFF count=$PAT_MIB status=none
 assert_same_file "$WORK/expect" "$WORK/got" "the guest's O_DIRECT pattern is in the backing file at $PAT_OFF MiB"
+dd if="$IMG" of="$WORK/got" bs=1M skip=$ZERO_OFF count=4 status=none
+head -c $((4 << 20)) /dev/zero >"$WORK/zeros"
+assert_same_file "$WORK/zeros" "$WORK/got" "the range the guest zeroed (blkdiscard -z) is zeros in the backing file at $ZERO_OFF MiB"
 e2fsck -f -n "$IMG" >"$WORK/fsck.log" 2>&1 || { cat "$WORK/fsck.log"; die "the backing file holds no clean ext4"; }
 pass "e2fsck -f -n on the backing file: clean"
 mkdir -p "$WORK/files"

@@ -54,6 +54,22 @@ dd if="$dev" of=/var/tmp/rb4k bs=4k count=3 skip=$(((VHU_PAT_OFF << 8) + 7)) ifl
 dd if="$VHU_PATTERN" of=/var/tmp/want4k bs=4k count=3 status=none   # (no /dev/fd without udev: no <(...))
 vm_check "4 KiB O_DIRECT write/read at an odd offset" cmp -s /var/tmp/rb4k /var/tmp/want4k
 
+# Write-zeroes (BLKZEROOUT: VIRTIO_BLK_T_WRITE_ZEROES when offered, else
+# writes) over 4 MiB of random data at VHU_ZERO_OFF MiB; discard (fstrim
+# below, blkdiscard here) must succeed.
+if [ -n "${VHU_ZERO_OFF:-}" ]; then
+  dd if="$VHU_PATTERN" of="$dev" bs=1M count=4 seek="$VHU_ZERO_OFF" oflag=direct conv=fsync status=none
+  vm_check "blkdiscard -z (write zeroes) 4 MiB at ${VHU_ZERO_OFF} MiB" \
+    blkdiscard -z -o $((VHU_ZERO_OFF << 20)) -l $((4 << 20)) "$dev"
+  dd if="$dev" of=/var/tmp/zeros bs=1M count=4 skip="$VHU_ZERO_OFF" iflag=direct status=none
+  head -c $((4 << 20)) /dev/zero >/var/tmp/zeros.want
+  vm_check "the zeroed range reads back as zeros" cmp -s /var/tmp/zeros /var/tmp/zeros.want
+  if [ "$(cat /sys/block/$name/queue/discard_max_bytes)" != 0 ]; then
+    vm_check "blkdiscard 4 MiB at $((VHU_ZERO_OFF + 4)) MiB" \
+      blkdiscard -o $(((VHU_ZERO_OFF + 4) << 20)) -l $((4 << 20)) "$dev"
+  fi
+fi
+
 # 2. ext4 in the first VHU_FS_MIB MiB: write, sync, remount, verify, fsck.
 vm_log "mkfs.ext4 (${VHU_FS_MIB} MiB), mount, write, verify, fsck"
 mkfs.ext4 -q -F "$dev" "${VHU_FS_MIB}M" || vm_fail "mkfs.ext4 failed"
@@ -70,6 +86,9 @@ echo 3 >/proc/sys/vm/drop_caches
 mount "$dev" "$mnt" || vm_fail "second mount failed"
 vm_check "file contents after remount" bash -c "cd '$mnt' && sha256sum -c --quiet '$VM_OUT/fs.sha256'"
 vm_check "50 small files" [ "$(cat "$mnt"/dir/small* | wc -l)" = 50 ]
+if [ "$(cat /sys/block/$name/queue/discard_max_bytes)" != 0 ]; then
+  vm_check "fstrim (discard through the file system)" fstrim "$mnt"
+fi
 umount "$mnt"
 vm_check "e2fsck -f -n clean" e2fsck -f -n "$dev"
 # The pattern past the file system survived mkfs and the writes.
