@@ -21,6 +21,7 @@
 #     a byte changed behind the server's back;
 #   - blkio-bench: randread depth 32 on 2 threads (2 queues), randwrite depth
 #     8, randread depth 1 with --poll: exit 0 and IOPS > 0;
+#   - (our driver) blkstack info and blkstack copy, both ways;
 #   - a read-only export refuses blkio-copy's writes and the image is unchanged;
 #   - SIGKILL of the server under a running blkio-bench (depth 32) makes the
 #     client exit non-zero within 15 s (no hang); under blkio-copy (a blocking
@@ -41,7 +42,7 @@ PASSED=() SKIPPED=()
 pair() {  # SERVER CLIENT
     local server=$1 client=$2 p="$1-$2"
     local img=$WORK/$p.img sock=$WORK/$p.sock a=$WORK/$p.a b=$WORK/$p.b out=$WORK/$p.out
-    local cap iops rc t0 dt
+    local cap iops
 
     step "$client client <-> $server export"
     random_image "$a" "$SIZE_MIB"
@@ -85,6 +86,22 @@ pair() {  # SERVER CLIENT
     ((iops > 0)) || die "$p: blkio-bench --poll: $iops IOPS"
     pass "$p: blkio-bench randread 4k depth 1 --poll: $iops IOPS"
     vhost_server_alive "$sock" || die "$p: the $server server died during the benchmarks"
+    if [[ $client == ours ]]; then
+        # Our own tools on the driver: blkstack info, and blkstack copy (many
+        # requests in flight, its own memory regions) both ways.
+        "$BLKSTACK" info "virtio-blk-vhost-user,path=$sock" >"$WORK/info.out" 2>&1 ||
+            { cat "$WORK/info.out"; die "$p: blkstack info failed"; }
+        awk '$1 == "capacity" {print $2}' "$WORK/info.out" | grep -qx "$((SIZE_MIB << 20))" ||
+            { cat "$WORK/info.out"; die "$p: blkstack info shows no capacity $((SIZE_MIB << 20))"; }
+        pass "$p: blkstack info: capacity $((SIZE_MIB << 20)), needs-mem-regions $(awk '$1 == "needs-mem-regions" {print $2}' "$WORK/info.out")"
+        timeout 60 "$BLKSTACK" copy "io_uring,path=$a" "virtio-blk-vhost-user,path=$sock" >"$WORK/copy.out" 2>&1 ||
+            { cat "$WORK/copy.out"; die "$p: blkstack copy file -> vhost-user failed"; }
+        assert_same_file "$a" "$img" "$p: blkstack copy io_uring -> virtio-blk-vhost-user; the backing file matches"
+        truncate -s 0 "$out"; truncate -s ${SIZE_MIB}M "$out"
+        timeout 60 "$BLKSTACK" copy "virtio-blk-vhost-user,path=$sock" "io_uring,path=$out" >"$WORK/copy.out" 2>&1 ||
+            { cat "$WORK/copy.out"; die "$p: blkstack copy vhost-user -> file failed"; }
+        assert_same_file "$a" "$out" "$p: blkstack copy virtio-blk-vhost-user -> io_uring"
+    fi
     stop_vhost_server "$sock"
 
     # Read-only export.
