@@ -21,6 +21,9 @@
 #     a byte changed behind the server's back;
 #   - blkio-bench: randread depth 32 on 2 threads (2 queues), randwrite depth
 #     8, randread depth 1 with --poll: exit 0 and IOPS > 0;
+#   - QEMU 10's blkio block driver (trixie chroot) on the same library:
+#     qemu-img convert both ways, qemu-io write/read -P, write -z, aio,
+#     512-byte and FUA writes, discard, flush, checked in the backing file;
 #   - (our driver) blkstack info and blkstack copy, both ways;
 #   - a read-only export refuses blkio-copy's writes and the image is unchanged;
 #   - SIGKILL of the server under a running blkio-bench (depth 32) makes the
@@ -33,7 +36,9 @@
 set -euo pipefail
 TEST_NAME=vhost_user
 source "$(dirname "$0")/vhost_lib.sh"
+source "$(dirname "$0")/chroot.sh"
 vhost_setup "${1:-}"
+setup_chroot
 
 SIZE_MIB=64
 QUEUES=2
@@ -86,6 +91,7 @@ pair() {  # SERVER CLIENT
     ((iops > 0)) || die "$p: blkio-bench --poll: $iops IOPS"
     pass "$p: blkio-bench randread 4k depth 1 --poll: $iops IOPS"
     vhost_server_alive "$sock" || die "$p: the $server server died during the benchmarks"
+    qemu_blkio_checks "$server" "$client" "$img" "$sock"
     if [[ $client == ours ]]; then
         # Our own tools on the driver: blkstack info, and blkstack copy (many
         # requests in flight, its own memory regions) both ways.
@@ -118,6 +124,45 @@ pair() {  # SERVER CLIENT
     kill_under_load "$server" "$client"
     rm -f "$img" "$a" "$b" "$out"
     PASSED+=("$p")
+}
+
+# qemu_blkio_checks SERVER CLIENT IMG SOCK: QEMU 10's blkio block driver (in
+# the trixie chroot; $WORK is /scratch there) as the front-end, on CLIENT's
+# library: Debian's libblkio 1.5 in the chroot (real) or ours (--lib).
+qemu_blkio_checks() {
+    local server=$1 client=$2 img=$3 sock=$4 p="$1-$2" c=$WORK/$1-$2.c
+    local opts="driver=virtio-blk-vhost-user,path=/scratch/${sock#"$WORK/"},cache.direct=on"
+    local run=(in_root)
+    [[ $client == real ]] && run=(timeout -k 5 300 "$REPO_ROOT/scripts/trixie-root.sh" run --bind "$WORK:/scratch" "$ROOT" --)
+    random_image "$c" "$SIZE_MIB"
+    "${run[@]}" qemu-img convert -n -m 8 -W -f raw "/scratch/${c#"$WORK/"}" --target-image-opts "$opts" \
+        >"$WORK/qemu.out" 2>&1 || { cat "$WORK/qemu.out"; die "$p: qemu-img convert raw -> virtio-blk-vhost-user failed"; }
+    assert_same_file "$c" "$img" "$p: QEMU 10 qemu-img convert -m 8 -W raw -> virtio-blk-vhost-user; the backing file matches"
+    "${run[@]}" qemu-img convert --image-opts "$opts" -O raw "/scratch/$p.qemu.raw" \
+        >"$WORK/qemu.out" 2>&1 || { cat "$WORK/qemu.out"; die "$p: qemu-img convert virtio-blk-vhost-user -> raw failed"; }
+    assert_same_file "$c" "$WORK/$p.qemu.raw" "$p: QEMU 10 qemu-img convert virtio-blk-vhost-user -> raw"
+    rm -f "$WORK/$p.qemu.raw"
+    "${run[@]}" qemu-io --image-opts "$opts" \
+        -c 'write -P 0xab 1M 64k' -c 'read -P 0xab 1M 64k' \
+        -c 'write -z 2M 1M' -c 'read -P 0 2M 1M' \
+        -c 'aio_write -P 0xcd 4M 128k' -c 'aio_write -P 0xce 5M 512' -c aio_flush \
+        -c 'read -P 0xcd 4M 128k' -c 'read -P 0xce 5M 512' \
+        -c 'write -f -P 0x5e 6M 4k' -c 'discard 8M 1M' -c flush \
+        >"$WORK/qemu.out" 2>&1 || { cat "$WORK/qemu.out"; die "$p: qemu-io failed"; }
+    if grep -qiE 'fail|error|mismatch' "$WORK/qemu.out" || [[ $(grep -c '^read ' "$WORK/qemu.out") != 4 ]] ||
+        ! grep -q '^discard 1048576/1048576' "$WORK/qemu.out"; then
+        cat "$WORK/qemu.out"; die "$p: qemu-io reported a failure (or did not run every command)"
+    fi
+    cmp -s <(head -c 65536 /dev/zero | tr '\0' '\253') <(dd if="$img" bs=64k skip=16 count=1 status=none) ||
+        die "$p: qemu-io's write -P 0xab at 1 MiB is not in the backing file"
+    cmp -s <(head -c $((1 << 20)) /dev/zero) <(dd if="$img" bs=1M skip=2 count=1 status=none) ||
+        die "$p: qemu-io's write -z at 2 MiB is not zeros in the backing file"
+    cmp -s <(head -c 131072 /dev/zero | tr '\0' '\315') <(dd if="$img" bs=128k skip=32 count=1 status=none) ||
+        die "$p: qemu-io's aio_write -P 0xcd at 4 MiB is not in the backing file"
+    cmp -s <(head -c 4096 /dev/zero | tr '\0' '\136') <(dd if="$img" bs=4k skip=1536 count=1 status=none) ||
+        die "$p: qemu-io's FUA write -P 0x5e at 6 MiB is not in the backing file"
+    pass "$p: QEMU 10 qemu-io: write/read -P, write -z, aio_write + aio_flush, 512-byte write, FUA write, discard, flush; the backing file matches"
+    rm -f "$c"
 }
 
 # kill_under_load SERVER CLIENT: the server dies (SIGKILL) under a running
