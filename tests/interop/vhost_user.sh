@@ -78,16 +78,17 @@ pair() {  # SERVER CLIENT
         die "$p: a byte changed in the backing file at 3 MiB is not seen through the export: $(cmp "$b" "$out" 2>&1)"
     assert_same_file "$img" "$out" "$p: a byte changed in the backing file is read through the export"
 
-    iops=$(libblkio_bench_vhost "$client" "$sock" randread 4096 32 2 --num-threads=$QUEUES) ||
+    libblkio_bench_vhost "$client" "$sock" randread 4096 32 2 --num-threads=$QUEUES ||
         die "$p: blkio-bench randread depth 32, $QUEUES threads failed"
+    iops=$BENCH_IOPS
     ((iops > 0)) || die "$p: blkio-bench randread: $iops IOPS"
     pass "$p: blkio-bench randread 4k depth 32, $QUEUES threads/queues: $iops IOPS"
-    iops=$(libblkio_bench_vhost "$client" "$sock" randwrite 4096 8 1) ||
-        die "$p: blkio-bench randwrite failed"
+    libblkio_bench_vhost "$client" "$sock" randwrite 4096 8 1 || die "$p: blkio-bench randwrite failed"
+    iops=$BENCH_IOPS
     ((iops > 0)) || die "$p: blkio-bench randwrite: $iops IOPS"
     pass "$p: blkio-bench randwrite 4k depth 8: $iops IOPS"
-    iops=$(libblkio_bench_vhost "$client" "$sock" randread 4096 1 1 --poll) ||
-        die "$p: blkio-bench --poll failed"
+    libblkio_bench_vhost "$client" "$sock" randread 4096 1 1 --poll || die "$p: blkio-bench --poll failed"
+    iops=$BENCH_IOPS
     ((iops > 0)) || die "$p: blkio-bench --poll: $iops IOPS"
     pass "$p: blkio-bench randread 4k depth 1 --poll: $iops IOPS"
     vhost_server_alive "$sock" || die "$p: the $server server died during the benchmarks"
@@ -282,4 +283,5 @@ done
 step "summary"
 log "passed:  ${PASSED[*]:-none}"
 log "skipped: ${SKIPPED[*]:-none} (code not built yet; BLKSTACK_VHOST_REQUIRE=1 makes this fail)"
+[[ $VHOST_QSD_CRASHES -eq 0 ]] || log "qemu-storage-daemon 7.2 hit its known abort $VHOST_QSD_CRASHES time(s) and was restarted (see KNOWN PEER BUG above)"
 [[ ${#PASSED[@]} -ge 1 ]] || die "no pair ran"
