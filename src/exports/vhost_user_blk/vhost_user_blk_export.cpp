@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -243,6 +244,17 @@ void VhostUserBlkExport::serve_connection(int fd) {
 // ---- SessionHost ----
 
 uint8_t* VhostUserBlkExport::map(int fd, uint64_t len) {
+  // A mapping past the end of the file would SIGBUS the daemon on first
+  // touch: refuse regions the file (memfd, hugetlbfs, shm) does not cover.
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    spdlog::warn("vhost-user-blk {}: memory fd: {}", cfg_.id, strerror(errno));
+    return nullptr;
+  }
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < len) {
+    spdlog::warn("vhost-user-blk {}: memory region of {} bytes but its file has {}", cfg_.id, len, st.st_size);
+    return nullptr;
+  }
   void* p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (p == MAP_FAILED) {
     spdlog::warn("vhost-user-blk {}: cannot map {} bytes of front-end memory: {}", cfg_.id, len, strerror(errno));
