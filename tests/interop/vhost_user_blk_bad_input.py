@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A hostile vhost-user front-end against a vhost-user-blk export.
 
-Usage: vhost_user_blk_bad_input.py SOCKET BACKING_FILE SERIAL
+Usage: vhost_user_blk_bad_input.py SOCKET BACKING_FILE SERIAL [readonly]
 
 1. Malformed control messages, one connection each: the daemon must drop
    the connection (EOF), never crash.
@@ -121,7 +121,7 @@ class Ring:
         s = self.s
         send(s, SET_OWNER)
         send(s, GET_FEATURES)
-        feats = struct.unpack("<Q", recv_reply(s, GET_FEATURES))[0]
+        feats = self.features = struct.unpack("<Q", recv_reply(s, GET_FEATURES))[0]
         if not feats & F_VERSION_1 or not feats & F_PROTOCOL:
             fail(f"features {feats:#x} lack VERSION_1 or PROTOCOL_FEATURES")
         send(s, SET_FEATURES, struct.pack("<Q", F_VERSION_1 | F_PROTOCOL | F_INDIRECT))
@@ -249,6 +249,27 @@ def ring_tests():
     r.s.close()
 
 
+def readonly_tests():
+    """A readonly export: RO offered, writes fail with IOERR, data untouched."""
+    r = Ring()
+    if not r.features & (1 << 5):
+        fail("readonly export does not offer VIRTIO_BLK_F_RO")
+    with open(BACKING, "rb") as f:
+        before = f.read(4096)
+    r.m[DATA + 0x1000:DATA + 0x2000] = b"\xaa" * 4096
+    r.request("write to the readonly export", 1, 0, 4096, writable=False, expect=S_IOERR)
+    r.request("write zeroes to the readonly export", 13, 0, 0, expect=S_UNSUPP, hdr_extra=struct.pack("<QII", 0, 8, 0))
+    with open(BACKING, "rb") as f:
+        if f.read(4096) != before:
+            fail("the readonly export's backing file changed")
+    r.request("read from the readonly export", 0, 0, 4096)
+    r.s.close()
+
+
+if len(sys.argv) > 4 and sys.argv[4] == "readonly":
+    readonly_tests()
+    print("all readonly checks passed")
+    sys.exit(0)
 malformed()
 ring_tests()
 print("all hostile front-end checks passed")
