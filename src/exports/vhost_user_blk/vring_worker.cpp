@@ -7,17 +7,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/clock.hpp"
 #include "spdlog/spdlog.h"
 
 namespace blkstack::vhost_blk {
-
-namespace {
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-}  // namespace
 
 VringWorker::VringWorker(Reactor& reactor, BlockDevice::Lane& lane, WorkerShared& shared, StatsShard& stats)
     : reactor_(reactor), lane_(lane), shared_(shared), stats_(stats) {}
@@ -112,7 +105,7 @@ void VringWorker::process() {
       }
       free_head_ = r.next_free;
       inflight_++;
-      r.start_ns = now_ns();
+      r.start_ns = mono_ns();
       if (p == vhost::PopResult::kBadChain) {
         spdlog::debug("vhost-user-blk {}: vring {}: bad descriptor chain {}: {}", shared_.id, index_, r.chain.head,
                       r.chain.error);
@@ -194,7 +187,7 @@ void VringWorker::put_used(Req& r, uint8_t status, uint32_t used_len) {
   vq_.push(r.chain.head, used_len);
   StatsShard::add(stats_.requests, 1);
   if (status != VIRTIO_BLK_S_OK) StatsShard::add(stats_.errors, 1);
-  stats_.record(now_ns() - r.start_ns);
+  stats_.record(mono_ns() - r.start_ns);
   inflight_--;
   r.next_free = free_head_;
   free_head_ = r.slot;
