@@ -107,10 +107,17 @@ vhost_setup() {
 # ---- is our code there? -----------------------------------------------------
 # Presence is decided from the built files themselves, never from a flag a
 # test sets: the driver's name must be in our libblkio.so.1 (it is the string
-# blkio_create() compares), the export's type name in the blkstack binary or in
-# `serve --help`. Once the code exists, these tests run and can fail.
+# blkio_create() compares) or its module blkstack-drivers/virtio-blk-vhost-user.so
+# must exist beside it; the export's type name must be in the blkstack binary
+# or in `serve --help`. Once the code exists, these tests run and can fail.
 vhost_client_available() {
-    grep -aq 'virtio-blk-vhost-user' "$BLKSTACK_LIB"
+    grep -aq 'virtio-blk-vhost-user' "$BLKSTACK_LIB" && return 0
+    # or a driver module (docs/driver-modules.md): <name>.so beside the library
+    local d
+    for d in ${BLKSTACK_DRIVER_DIR:+"$BLKSTACK_DRIVER_DIR"} "$BLKSTACK_LIBDIR/blkstack-drivers"; do
+        [[ -e $d/virtio-blk-vhost-user.so ]] && return 0
+    done
+    return 1
 }
 vhost_export_available() {
     "$BLKSTACK" serve --help 2>&1 | grep -q 'vhost-user-blk' && return 0
@@ -118,7 +125,7 @@ vhost_export_available() {
 }
 vhost_why_unavailable() {
     case $1 in
-        ours-client) echo "our libblkio.so.1 ($BLKSTACK_LIB) has no virtio-blk-vhost-user driver yet" ;;
+        ours-client) echo "our libblkio.so.1 ($BLKSTACK_LIB) has no virtio-blk-vhost-user driver yet (built in or as $BLKSTACK_LIBDIR/blkstack-drivers/virtio-blk-vhost-user.so)" ;;
         ours-export) echo "our blkstack ($BLKSTACK) has no vhost-user-blk export yet" ;;
     esac
 }
