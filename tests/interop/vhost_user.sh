@@ -282,6 +282,10 @@ done
 
 step "summary"
 log "passed:  ${PASSED[*]:-none}"
-log "skipped: ${SKIPPED[*]:-none} (code not built yet; BLKSTACK_VHOST_REQUIRE=1 makes this fail)"
+if [[ ${#SKIPPED[@]} -gt 0 ]]; then
+    log "skipped: ${SKIPPED[*]} (code not built yet; BLKSTACK_VHOST_REQUIRE=1 makes this fail)"
+else
+    log "skipped: none"
+fi
 [[ $VHOST_QSD_CRASHES -eq 0 ]] || log "qemu-storage-daemon 7.2 hit its known abort $VHOST_QSD_CRASHES time(s) and was restarted (see KNOWN PEER BUG above)"
 [[ ${#PASSED[@]} -ge 1 ]] || die "no pair ran"
