@@ -601,6 +601,7 @@ TEST(NbdDriver, BlockStatusWithRequestsInFlight) {
   Queue& q = *dev->queue(0);
   constexpr int kN = 16;
   Buf buf(65536);
+  memset(buf.p, 0x11, 65536);  // zeroes would stay holes: the memory plugin frees zero pages
   // Data at every odd MiB.
   for (int i = 0; i < kN; i++) q.write((2ull * i + 1) << 20, buf.p, 65536, nullptr, 0);
   std::vector<Completion> c(3 * kN);
