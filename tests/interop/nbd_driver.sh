@@ -131,6 +131,25 @@ nbdinfo --map "nbd+unix:///?socket=$RS" | grep -Eq '^ *8388608 +1048576 +0 +data
   fail "the new data is not in the re-export's map: $(nbdinfo --map "nbd+unix:///?socket=$RS")"
 daemon_stop rs
 
+step "a slow block status does not stall the reactor (one thread: everything on it)"
+SL=$WORK/slow.sock
+RL=$WORK/reexport-slow.sock
+nbdkit_start "$SL" --filter=delay memory "$SPARSE_SIZE" delay-extents=3
+daemon_start slow --threads 1 --blockdev "nbd,id=slow,uri=nbd+unix:///?socket=$SL" \
+  --export "nbd,blockdev=slow,socket=$RL"
+nbdinfo --map "nbd+unix:///?socket=$RL" >"$WORK/map-slow.txt" &
+MAP=$!
+sleep 0.5
+t0=$(date +%s%N)
+qemu-io -f raw -c 'write -P 0x44 0 4k' -c 'read -P 0x44 0 4k' "nbd+unix:///?socket=$RL" >/dev/null ||
+  fail "I/O through the re-export while a block status waits"
+ms=$((($(date +%s%N) - t0) / 1000000))
+((ms < 2000)) || fail "I/O took $ms ms behind a 3 s block status: the reactor waited for it"
+kill -0 "$MAP" 2>/dev/null || fail "the block status was not slow: the check above proves nothing"
+wait "$MAP" || fail "nbdinfo --map of the slow re-export"
+grep -q 'hole,zero' "$WORK/map-slow.txt" || fail "slow re-export map: $(cat "$WORK/map-slow.txt")"
+daemon_stop slow
+
 step "server killed mid-I/O behind a re-export: errors, no hang, the daemon stays up"
 P=$WORK/persist.sock
 R2=$WORK/reexport2.sock
