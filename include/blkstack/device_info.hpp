@@ -6,13 +6,9 @@
 #include <climits>
 #include <cstdint>
 
-namespace blkstack {
+#include "blkstack/request.hpp"  // AllocationExtent
 
-// A run of bytes that is all data or all hole (reads as zeroes, no storage).
-struct AllocationExtent {
-  uint64_t len;
-  bool hole;
-};
+namespace blkstack {
 
 struct DeviceInfo {
   // Device and queues.
@@ -53,7 +49,8 @@ struct DeviceInfo {
   bool supports_discard = true;           // false: discards complete with -ENOTSUP
   bool fua_native_write_zeroes = false;   // false: FUA on write-zeroes is emulated by a flush
   bool rotational = false;                // spinning media (NBD_FLAG_ROTATIONAL)
-  bool can_report_holes = false;          // Driver::extent_at() answers from the backend
+  bool can_report_holes = false;          // allocation queries (Queue::block_status, Device::extent_at)
+                                          // answer from the backend; false: everything is data
   bool zoned = false;                     // zone requests are supported
 };
 

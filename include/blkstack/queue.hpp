@@ -43,6 +43,30 @@ class Queue {
   // op is one of the kZone* management operations.
   void zone_management(Op op, uint64_t offset, void* user_data, uint32_t flags);
 
+  // Allocation query (native C++ API only: libblkio has no such request, and
+  // the C shim never makes one). Asks whether the bytes at `offset` are data
+  // or a hole that reads as zeroes, and how far that run goes: at most `len`
+  // bytes (clamped to the end of the device). On success the request
+  // completes with ret 0 and *out (owned by the caller, written only before
+  // the completion is handed back) holds a run of 1 to len bytes; a device
+  // that cannot tell (can_report_holes false) answers {len, data}.
+  //
+  // A queue request, not a call, because for a network driver the answer is
+  // a round trip: asking synchronously would stall the thread, and everything
+  // queued behind it, for that long (Device::extent_at() is the synchronous
+  // form, for control paths and tools). Drivers whose queues can ask the
+  // backend themselves (DriverQueue::supports_block_status(): nbd, with
+  // NBD_CMD_BLOCK_STATUS on the queue's own connection) get it like a read;
+  // for the others the contract layer asks Driver::extent_at() inline (cheap
+  // where it is implemented at all: SEEK_DATA/SEEK_HOLE on a local file) and
+  // the request completes at the next do_io(). Either way the result comes
+  // through the normal completion path, in no particular order relative to
+  // other requests in flight.
+  //
+  // Checks: flags must be 0, out must not be null, offset must be a multiple
+  // of request-alignment and inside the device, len must not be 0.
+  void block_status(uint64_t offset, uint64_t len, AllocationExtent* out, void* user_data, uint32_t flags);
+
   // ---- completion (blkioq_do_io and friends) ----
   // interruptible: return -EINTR when a signal arrives (sig, if given, is the
   // signal mask while waiting); otherwise signals are ridden out.
@@ -155,6 +179,8 @@ class Queue {
     bool supports_discard;
     bool needs_regions;
     bool zoned;
+    bool can_report_holes;
+    bool driver_block_status;  // the driver queue answers kBlockStatus itself
   };
 
   void rw_fast(Op op, uint64_t offset, void* buf, uint64_t len, void* user_data, uint32_t flags);

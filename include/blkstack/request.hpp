@@ -28,15 +28,18 @@ enum class Op : uint8_t {
   kZoneCloseAll,
   kZoneFinishAll,
   kZoneResetAll,
+  // Native C++ API only (Queue::block_status); libblkio has no such request
+  // and the C shim has no way to make one.
+  kBlockStatus,
 };
 
 const char* op_name(Op op);
 
 inline bool op_writes(Op op) {
   return op == Op::kWrite || op == Op::kWritev || op == Op::kWriteZeroes || op == Op::kDiscard ||
-         op >= Op::kZoneOpen;
+         (op >= Op::kZoneOpen && op <= Op::kZoneResetAll);
 }
-inline bool op_is_zone(Op op) { return op >= Op::kReportZones; }
+inline bool op_is_zone(Op op) { return op >= Op::kReportZones && op <= Op::kZoneResetAll; }
 
 // Request flags (values are ABI: they equal BLKIO_REQ_*).
 inline constexpr uint32_t kReqFua = 1u << 0;
@@ -76,6 +79,14 @@ struct Zone {
   uint8_t reserved[29];
 };
 
+// A run of bytes that is all data or all hole (reads as zeroes; a hole need
+// not be unallocated, only known to read as zeroes). The answer of an
+// allocation query: Device::extent_at() and Queue::block_status().
+struct AllocationExtent {
+  uint64_t len;
+  bool hole;
+};
+
 struct MappedRegion;  // a region as the device knows it (core/region_table.hpp)
 
 // A request as the contract layer hands it to a driver. Drivers read it
@@ -85,11 +96,12 @@ struct Request {
   Op op;
   uint32_t flags;
   uint64_t offset;
-  uint64_t len;  // bytes (read/write/zeroes/discard), zone count (report zones)
+  uint64_t len;  // bytes (read/write/zeroes/discard/block status), zone count (report zones)
   union {
     void* buf;
     const struct iovec* iov;
     Zone* zones;
+    AllocationExtent* extent;  // block status: where the answer goes
   };
   int iovcnt;
   const MappedRegion* region;  // the mapped region that holds buf, or nullptr

@@ -157,6 +157,8 @@ BLKIO_API int blkio_remove_poll_queue(struct blkio* b, int index) {
 }
 
 // ---- requests: straight into the queue ----
+// (Queue::block_status, the allocation query, has no blkioq_* counterpart:
+// libblkio has no such request, so nothing here ever makes one.)
 
 BLKIO_API void blkioq_read(struct blkioq* q, uint64_t start, void* buf, size_t len, void* user_data, uint32_t flags) {
   queue(q)->read(start, buf, len, user_data, flags);

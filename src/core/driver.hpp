@@ -62,6 +62,17 @@ class DriverQueue {
 
   virtual DriverQueueStats stats() const { return {}; }
 
+  // Whether enqueue() takes Op::kBlockStatus (req.offset, req.len, and
+  // req.extent to write the answer to before completing with 0). Asked once,
+  // when the contract layer's queue is made, and only for devices that
+  // report holes (DeviceInfo::can_report_holes). Queues that say no never
+  // see the op: the contract layer answers it inline from
+  // Driver::extent_at(), which suits drivers whose answer is a cheap local
+  // call. A driver that answers may report a shorter run than asked; the
+  // contract layer clamps a longer one and turns a run of 0 bytes into
+  // "data" (it cannot tell).
+  virtual bool supports_block_status() const { return false; }
+
   // Queue `req` (a request, or one step of a multi-step one) for `slot`. The
   // driver reports its end through owner.complete(slot, res) from process().
   // `req` is only valid during the call: drivers copy what they need later.
@@ -118,8 +129,11 @@ class Driver {
   virtual void unmap_region(const MappedRegion&) {}
 
   // Allocation state of [offset, offset+len): how many bytes from offset are
-  // data (true) or a hole that reads as zeroes (false). Drivers that cannot
-  // tell report everything as data.
+  // data (hole false) or a hole that reads as zeroes (hole true). Drivers
+  // that cannot tell report everything as data. Synchronous: the caller's
+  // thread waits for the answer, so a driver for which this is a network
+  // round trip bounds it by a timeout, and its queues answer the
+  // asynchronous form (Op::kBlockStatus) instead. Called from any thread.
   virtual Result<AllocationExtent> extent_at(uint64_t /*offset*/, uint64_t len) {
     return AllocationExtent{len, false};
   }

@@ -23,6 +23,7 @@ enum Stage : uint8_t {
   kZeroWrite,     // one chunk of the write-zeroes fallback
   kFinalFlush,    // the flush that emulates FUA
   kReportZones,   // ret is the number of zones, passed through
+  kBlockStatus,   // the driver's answer is checked before the caller sees it
 };
 
 constexpr const char* kErrFlags = "unsupported bits in request flags";
@@ -39,7 +40,8 @@ const char* op_name(Op op) {
   static const char* const names[] = {"read",       "write",     "readv",       "writev",
                                       "write-zeroes", "discard", "flush",       "report-zones",
                                       "zone-open",  "zone-close", "zone-finish", "zone-reset",
-                                      "zone-open-all", "zone-close-all", "zone-finish-all", "zone-reset-all"};
+                                      "zone-open-all", "zone-close-all", "zone-finish-all", "zone-reset-all",
+                                      "block-status"};
   return names[static_cast<int>(op)];
 }
 
@@ -64,6 +66,8 @@ Queue::Queue(Device& device, std::unique_ptr<DriverQueue> driver_queue, bool pol
   lim_.supports_discard = i.supports_discard;
   lim_.needs_regions = i.needs_mem_regions;
   lim_.zoned = i.zoned;
+  lim_.can_report_holes = i.can_report_holes;
+  lim_.driver_block_status = i.can_report_holes && dq_->supports_block_status();
   fast_write_flags_ = i.supports_fua_natively ? kReqFua : 0;
 
   zero_chunk_ = device.zero_buffer_len();
@@ -175,6 +179,16 @@ void Queue::advance(uint32_t slot, int res) {
   switch (s.stage) {
     case kReportZones:
       return finish(res);
+    case kBlockStatus: {
+      // The driver wrote its answer to the caller's struct; hold it to the
+      // contract: 1 to len bytes, and "data" when the driver said nothing.
+      AllocationExtent* e = st.req.extent;
+      if (res >= 0 && (e->len == 0 || e->len > st.req.len)) {
+        if (e->len == 0) e->hole = false;
+        e->len = st.req.len;
+      }
+      return finish(res < 0 ? res : 0);
+    }
     case kFinalFlush:
       return finish(res < 0 ? res : 0);
     case kNativeZeroes:
@@ -422,6 +436,34 @@ void Queue::zone_management(Op op, uint64_t offset, void* user_data, uint32_t fl
   r.offset = all ? 0 : offset;
   r.user_data = user_data;
   submit(r, kDirect, false);
+}
+
+void Queue::block_status(uint64_t offset, uint64_t len, AllocationExtent* out, void* user_data, uint32_t flags) {
+  if (flags) return fail(user_data, -EINVAL, kErrFlags);
+  if (!out) return fail(user_data, -EINVAL, "the extent to fill in must not be NULL");
+  if (len == 0) return fail(user_data, -EINVAL, "block status length must not be zero");
+  if (offset & lim_.req_mask) return fail(user_data, -EINVAL, "request start must be a multiple of request-alignment");
+  if (offset >= lim_.capacity) return fail(user_data, -EINVAL, "request is beyond the end of the device");
+  len = std::min(len, lim_.capacity - offset);
+  if (!lim_.can_report_holes) {
+    *out = AllocationExtent{len, false};
+    return fail(user_data, 0, nullptr);  // completes, with 0, at the next do_io()
+  }
+  if (!lim_.driver_block_status) {
+    // The driver answers synchronously, and cheaply (see driver.hpp).
+    auto e = device_.extent_at(offset, len);
+    if (!e) return fail(user_data, e.status().code() < 0 ? e.status().code() : -EIO, "block status query failed");
+    *out = *e;
+    return fail(user_data, 0, nullptr);
+  }
+  Request r{};
+  r.op = Op::kBlockStatus;
+  r.offset = offset;
+  r.len = len;
+  r.extent = out;
+  r.user_data = user_data;
+  *out = AllocationExtent{0, false};  // what the driver leaves unset reads as "cannot tell"
+  submit(r, kBlockStatus, false);
 }
 
 // ---- completion ----

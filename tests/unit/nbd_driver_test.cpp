@@ -445,3 +445,233 @@ TEST(NbdDriver, EdgeTriggeredEventLoopLosesNothing) {
   }
   close(ep);
 }
+
+// ---- allocation: base:allocation through Queue::block_status ----
+
+namespace {
+
+// One block status query on q, waited for: the answer, or {0, false} and a
+// failed expectation.
+AllocationExtent status_of(Queue& q, uint64_t offset, uint64_t len, int* ret = nullptr) {
+  AllocationExtent e{};
+  q.block_status(offset, len, &e, &e, 0);
+  Completion c = wait_one(q);
+  EXPECT_EQ(c.user_data, &e);
+  if (ret) {
+    *ret = c.ret;
+  } else {
+    EXPECT_EQ(c.ret, 0) << (c.error_msg ? c.error_msg : "");
+  }
+  return e;
+}
+
+}  // namespace
+
+TEST(NbdDriver, BlockStatusReportsHolesAsTheServerSeesThem) {
+  Nbdkit server({"memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_TRUE(dev->info().can_report_holes);
+  Queue& q = *dev->queue(0);
+  Buf buf(65536);
+  memcpy(buf.p, pattern(65536, 3).data(), 65536);
+  q.write(1 << 20, buf.p, 65536, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+
+  AllocationExtent e = status_of(q, 0, 64 << 20);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, 1u << 20);
+  e = status_of(q, 1 << 20, 64 << 20);
+  EXPECT_FALSE(e.hole);
+  EXPECT_GE(e.len, 65536u);
+  EXPECT_LE(e.len, 1u << 20);  // the memory plugin's pages, not the whole export
+  uint64_t after = (1 << 20) + e.len;
+  e = status_of(q, after, (64 << 20) - after);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, (64u << 20) - after);
+  // Never longer than asked; asked past the end, clamped to it.
+  e = status_of(q, 0, 4096);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, 4096u);
+  e = status_of(q, (64 << 20) - 8192, 1ull << 40);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, 8192u);
+
+  // Zeroed data reads as zeroes: a hole (the memory plugin frees the pages).
+  q.write_zeroes(1 << 20, 65536, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  e = status_of(q, 0, 64 << 20);
+  EXPECT_TRUE(e.hole);
+  EXPECT_GT(e.len, 1u << 20);
+
+  // The synchronous form (its own connection; the server offers multi-conn).
+  auto s = dev->extent_at(0, 64 << 20);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_TRUE(s->hole);
+  EXPECT_EQ(s->len, 64u << 20);
+}
+
+TEST(NbdDriver, BlockStatusContractChecks) {
+  Nbdkit server({"--filter=blocksize-policy", "memory", "16M", "blocksize-minimum=4096"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  int ret = 0;
+  status_of(q, 16 << 20, 4096, &ret);
+  EXPECT_EQ(ret, -EINVAL);  // beyond the end
+  status_of(q, 0, 0, &ret);
+  EXPECT_EQ(ret, -EINVAL);  // nothing asked
+  status_of(q, 512, 4096, &ret);
+  EXPECT_EQ(ret, -EINVAL);  // not a multiple of request-alignment
+  AllocationExtent e{};
+  q.block_status(0, 4096, &e, &e, kReqFua);
+  EXPECT_EQ(wait_one(q).ret, -EINVAL);  // no flags
+  q.block_status(0, 4096, nullptr, nullptr, 0);
+  EXPECT_EQ(wait_one(q).ret, -EINVAL);  // nowhere to answer
+  e = status_of(q, 4096, 16 << 20);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, (16u << 20) - 4096);
+}
+
+// A server whose plugin cannot tell: everything is data, whatever was
+// written (nbdkit still negotiates base:allocation and says "data").
+TEST(NbdDriver, BlockStatusFromAServerWithoutExtentsIsAllData) {
+  Nbdkit server({"--filter=noextents", "memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  Buf buf(4096);
+  q.write(1 << 20, buf.p, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  AllocationExtent e = status_of(q, 0, 64 << 20);
+  EXPECT_FALSE(e.hole);
+  EXPECT_GT(e.len, 0u);
+  e = status_of(q, 2 << 20, 4096);
+  EXPECT_FALSE(e.hole);
+  EXPECT_EQ(e.len, 4096u);
+}
+
+// No structured replies, so no meta contexts: the device says it cannot
+// report holes, and queries answer "data" at once.
+TEST(NbdDriver, BlockStatusWithoutBaseAllocation) {
+  Nbdkit server({"--no-sr", "memory", "64M"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  EXPECT_FALSE(dev->info().can_report_holes);
+  Queue& q = *dev->queue(0);
+  AllocationExtent e = status_of(q, 0, 64 << 20);
+  EXPECT_FALSE(e.hole);
+  EXPECT_EQ(e.len, 64u << 20);
+  auto s = dev->extent_at(0, 64 << 20);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->hole);
+}
+
+// NBD_STATE_HOLE says "unallocated", not "reads as zeroes": only
+// NBD_STATE_ZERO makes a hole for us.
+TEST(NbdDriver, BlockStatusHoleWithoutZeroIsData) {
+  Nbdkit server({"eval", "get_size=echo 4M", "pread=dd if=/dev/zero count=$3 iflag=count_bytes status=none",
+                 "can_extents=exit 0",
+                 "extents=echo 0 1048576 hole; echo 1048576 1048576 zero; echo 2097152 1048576 hole,zero; "
+                 "echo 3145728 1048576"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  ASSERT_TRUE(dev->info().can_report_holes);
+  Queue& q = *dev->queue(0);
+  AllocationExtent e = status_of(q, 0, 4 << 20);
+  EXPECT_FALSE(e.hole);
+  EXPECT_EQ(e.len, 1u << 20);
+  e = status_of(q, 1 << 20, 3 << 20);
+  EXPECT_TRUE(e.hole);  // zero, allocated
+  EXPECT_EQ(e.len, 1u << 20);
+  e = status_of(q, 2 << 20, 2 << 20);
+  EXPECT_TRUE(e.hole);
+  EXPECT_EQ(e.len, 1u << 20);
+  e = status_of(q, 3 << 20, 1 << 20);
+  EXPECT_FALSE(e.hole);
+  EXPECT_EQ(e.len, 1u << 20);
+}
+
+// Queries are requests like the others: many in flight, mixed with writes
+// and reads on the same queue, each answered through its own completion.
+TEST(NbdDriver, BlockStatusWithRequestsInFlight) {
+  Nbdkit server({"--filter=delay", "memory", "64M", "wdelay=50ms"});
+  auto dev = connect_nbd(server.uri());
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  constexpr int kN = 16;
+  Buf buf(65536);
+  memset(buf.p, 0x11, 65536);  // zeroes would stay holes: the memory plugin frees zero pages
+  // Data at every odd MiB.
+  for (int i = 0; i < kN; i++) q.write((2ull * i + 1) << 20, buf.p, 65536, nullptr, 0);
+  std::vector<Completion> c(3 * kN);
+  ASSERT_EQ(q.do_io(c.data(), kN, kN, nullptr), kN);
+  for (int i = 0; i < kN; i++) ASSERT_EQ(c[i].ret, 0);
+
+  // Slow writes elsewhere, reads, and queries at every MiB, all in flight.
+  std::vector<AllocationExtent> ext(2 * kN);
+  for (int i = 0; i < kN; i++) q.write((48ull << 20) + i * 65536ull, buf.p, 65536, nullptr, 0);
+  for (int i = 0; i < 2 * kN; i++) {
+    q.block_status(static_cast<uint64_t>(i) << 20, 1 << 20, &ext[i], &ext[i], 0);
+    if (i % 4 == 0) q.read(static_cast<uint64_t>(i) << 20, buf.p, 4096, nullptr, 0);
+  }
+  const int total = kN + 2 * kN + kN / 2;
+  int done = 0;
+  c.resize(total);
+  while (done < total) {
+    int n = q.do_io(c.data() + done, 1, total - done, nullptr);
+    ASSERT_GT(n, 0);
+    done += n;
+  }
+  for (auto& x : c) EXPECT_EQ(x.ret, 0);
+  for (int i = 0; i < 2 * kN; i++) {
+    EXPECT_EQ(ext[i].hole, i % 2 == 0) << "MiB " << i;
+    EXPECT_GT(ext[i].len, 0u);
+    EXPECT_LE(ext[i].len, 1u << 20);
+    if (i % 2 == 0) {
+      EXPECT_EQ(ext[i].len, 1u << 20) << "MiB " << i;
+    }
+  }
+}
+
+// Without multi-conn the queues share one connection, and their queries go
+// out on it, consistent with their writes; the synchronous form would need a
+// second connection, whose view the server does not promise: it says data.
+TEST(NbdDriver, BlockStatusWithoutMultiConn) {
+  Nbdkit server({"--filter=multi-conn", "memory", "16M", "multi-conn-mode=disable"});
+  auto dev = connect_nbd(server.uri(), {}, 2);
+  ASSERT_TRUE(dev);
+  EXPECT_TRUE(dev->info().can_report_holes);
+  Buf buf(4096);
+  memset(buf.p, 1, 4096);
+  auto worker = [&](int qi) {
+    Queue& q = *dev->queue(qi);
+    for (int i = 0; i < 50; i++) {
+      uint64_t off = (qi * 64 + i) * 65536ull;
+      AllocationExtent e = status_of(q, off, 65536);
+      EXPECT_TRUE(e.hole);
+      q.write(off, buf.p, 4096, nullptr, 0);
+      EXPECT_EQ(wait_one(q).ret, 0);
+      e = status_of(q, off, 65536);
+      EXPECT_FALSE(e.hole) << "queue " << qi << " at " << off;
+    }
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+  auto s = dev->extent_at(8 << 20, 4096);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->hole);
+}
+
+// The synchronous form is bounded: a server that sits on the query fails it
+// after connect-timeout instead of hanging the caller.
+TEST(NbdDriver, SynchronousExtentAtIsBounded) {
+  Nbdkit server({"--filter=delay", "memory", "16M", "delay-extents=10"});
+  auto dev = connect_nbd(server.uri(), {{"connect-timeout", "1"}});
+  ASSERT_TRUE(dev);
+  auto t0 = std::chrono::steady_clock::now();
+  auto s = dev->extent_at(0, 4096);
+  EXPECT_EQ(s.status().code(), -ETIMEDOUT);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+}

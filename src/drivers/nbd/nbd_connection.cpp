@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "core/clock.hpp"
 
@@ -58,6 +59,11 @@ Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
   // 4 KiB. As with every driver, a failed read's buffer is undefined
   // (blkio(3)); a read that succeeds has been written by the reply.
   if (nbd_set_pread_initialize(h.get(), false) < 0) return nbd_error("nbd_set_pread_initialize");
+  // Allocation (holes that read as zeroes) for block status queries. Asked
+  // for on every connection; whether the server agreed is
+  // nbd_can_meta_context() once connected. A server without structured
+  // replies or without the context simply does not agree.
+  if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) < 0) return nbd_error("nbd_add_meta_context");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) < 0) return nbd_error(fmt::format("connect to {}", uri));
   timespec limit{timeout_s, 0};
   Deadline deadline(timeout_s > 0 ? &limit : nullptr);
@@ -87,6 +93,78 @@ Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
     return error(-ECONNREFUSED, "connect to {}: {}", uri, msg ? msg : "the handshake did not complete");
   }
   return h;
+}
+
+namespace {
+
+struct SyncStatus {
+  AllocationExtent* out;
+  uint64_t offset;
+  bool done = false;
+  int err = 0;
+};
+
+int sync_status_extent(void* user_data, const char* metacontext, uint64_t offset, uint32_t* entries,
+                       size_t nr_entries, int* /*error*/) {
+  auto* s = static_cast<SyncStatus*>(user_data);
+  nbd_extent_to_allocation(metacontext, s->offset, offset, entries, nr_entries, *s->out);
+  return 0;
+}
+
+int sync_status_done(void* user_data, int* error) {
+  auto* s = static_cast<SyncStatus*>(user_data);
+  s->done = true;
+  s->err = *error;
+  return 1;
+}
+
+}  // namespace
+
+void nbd_extent_to_allocation(const char* metacontext, uint64_t asked, uint64_t offset, const uint32_t* entries,
+                              size_t nr_entries, AllocationExtent& out) {
+  // Only the first extent of base:allocation at the offset asked is ours
+  // (REQ_ONE: servers send one; a second would be for later bytes). A hole
+  // is what reads as zeroes: NBD_STATE_ZERO. NBD_STATE_HOLE alone
+  // (unallocated, contents unspecified) is data to us.
+  if (std::strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return;
+  if (offset != asked || nr_entries < 2 || out.len != 0) return;
+  out.len = entries[0];
+  out.hole = (entries[1] & LIBNBD_STATE_ZERO) != 0;
+}
+
+Status nbd_block_status_within(nbd_handle* h, uint64_t offset, uint64_t len, int timeout_s, AllocationExtent& out) {
+  out = AllocationExtent{0, false};
+  SyncStatus s{&out, offset};
+  nbd_extent_callback ext{.callback = &sync_status_extent, .user_data = &s, .free = nullptr};
+  nbd_completion_callback done{.callback = &sync_status_done, .user_data = &s, .free = nullptr};
+  if (nbd_aio_block_status(h, len, offset, ext, done, LIBNBD_CMD_FLAG_REQ_ONE) < 0) {
+    return nbd_error("block status");
+  }
+  timespec limit{timeout_s, 0};
+  Deadline deadline(timeout_s > 0 ? &limit : nullptr);
+  while (!s.done) {
+    if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) return error(-ENOTCONN, "block status: the connection is gone");
+    if (deadline.passed()) return error(-ETIMEDOUT, "block status: no answer within {} s", timeout_s);
+    unsigned dir = nbd_aio_get_direction(h);
+    pollfd p{nbd_aio_get_fd(h), 0, 0};
+    // As on the data path: libnbd is told of a read only when the socket
+    // is readable (docs/nbd-driver.md).
+    p.events = POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE) p.events |= POLLOUT;
+    int wait = deadline.never() ? -1 : static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000 + 1, 1000));
+    int r = ::poll(&p, 1, wait);
+    if (r < 0 && errno != EINTR) return errno_error("poll");
+    if (r <= 0) continue;
+    int rc = 0;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+      rc = nbd_aio_notify_read(h);
+    } else if (p.revents & POLLOUT) {
+      rc = nbd_aio_notify_write(h);
+    }
+    if (rc < 0 && !s.done) return nbd_error("block status");
+  }
+  if (s.err) return error(-s.err, "block status: {}", strerror(s.err));
+  return {};
 }
 
 }  // namespace blkstack

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <string>
 
+#include "blkstack/request.hpp"
 #include "blkstack/status.hpp"
 
 namespace blkstack {
@@ -43,6 +44,19 @@ Result<std::string> uri_with_export(const std::string& uri, const std::string& e
 
 // Connects to `uri` and completes the handshake (NBD_OPT_GO) within
 // `timeout_s` seconds (0: no bound).
+// Also asks for the base:allocation meta context (nbd_can_meta_context()
+// says whether the server agreed).
 Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s);
+
+// An extent callback's answer (base:allocation, asked at `asked`) as ours:
+// fills `out` from the first extent when out.len is still 0. STATE_ZERO is a
+// hole; STATE_HOLE without STATE_ZERO is data.
+void nbd_extent_to_allocation(const char* metacontext, uint64_t asked, uint64_t offset, const uint32_t* entries,
+                              size_t nr_entries, AllocationExtent& out);
+
+// One block status query (REQ_ONE) on a handle that nothing else drives,
+// answered within `timeout_s` seconds (0: no bound). out.len 0: the server
+// said nothing about the offset.
+Status nbd_block_status_within(nbd_handle* h, uint64_t offset, uint64_t len, int timeout_s, AllocationExtent& out);
 
 }  // namespace blkstack

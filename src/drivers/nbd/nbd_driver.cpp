@@ -1,9 +1,12 @@
 // The nbd driver: a remote NBD export as a library device, through libnbd.
 // Connecting is synchronous and bounded by connect-timeout; the data path is
 // libnbd's asynchronous API, one connection per queue when the server allows
-// it (NBD_FLAG_CAN_MULTI_CONN, or a read-only export).
+// it (NBD_FLAG_CAN_MULTI_CONN, or a read-only export). Allocation queries
+// (base:allocation) go out asynchronously on the queues' own connections; the
+// synchronous Driver::extent_at() has a connection of its own.
 #include <algorithm>
 #include <climits>
+#include <mutex>
 #include <vector>
 
 #include "core/driver.hpp"
@@ -21,6 +24,7 @@ class NbdDriver final : public Driver {
   Status connect(bool& read_only, DeviceInfo& info) override;
   Status start(int num_queues, int num_poll_queues) override;
   Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) override;
+  Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len) override;
 
  private:
   static NbdDriver& self(Driver& d) { return static_cast<NbdDriver&>(d); }
@@ -40,6 +44,13 @@ class NbdDriver final : public Driver {
   std::shared_ptr<NbdLink> first_;  // from connect until start
   std::vector<std::shared_ptr<NbdLink>> conns_;
   size_t next_conn_ = 0;
+
+  // Driver::extent_at(): a connection of its own, made at the first query,
+  // so that a synchronous query never waits behind (or steals replies from)
+  // a queue's traffic. Only used where a second connection's view is
+  // consistent with the queues' (multi-conn or read-only).
+  std::mutex control_mu_;
+  NbdHandle control_;
 };
 
 std::span<const DriverProperty> NbdDriver::properties() const {
@@ -105,6 +116,7 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   caps_.can_flush = nbd_can_flush(h) == 1;
   caps_.can_fua = nbd_can_fua(h) == 1;
   caps_.can_fast_zero = nbd_can_fast_zero(h) == 1;
+  caps_.can_block_status = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
 
   // Block sizes the server asked for (NBD_INFO_BLOCK_SIZE); without them the
   // protocol allows any alignment and 32 MiB per request.
@@ -117,6 +129,7 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   max_len -= max_len % static_cast<uint64_t>(align);
   // Commands carry 32-bit lengths: zero and trim go up to that, aligned.
   uint64_t max_range = 0xffffffffull - 0xffffffffull % static_cast<uint64_t>(align);
+  caps_.max_status_len = max_range;
 
   info.capacity = size_;
   info.request_alignment = align;
@@ -135,6 +148,12 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   info.max_discard_len = max_range;
   info.discard_alignment = align;
   info.rotational = nbd_is_rotational(h) == 1;
+  // Holes only from a server that speaks base:allocation. The queues ask on
+  // their own connection, consistent with their own writes whatever the
+  // server promises; and the driver makes several connections only where
+  // they see one another's writes (multi-conn, or read-only), so any queue's
+  // answer holds for all. A server without the context: everything is data.
+  info.can_report_holes = caps_.can_block_status;
   conns_.clear();
   first_ = std::move(first.value());
   return {};
@@ -160,6 +179,10 @@ Status NbdDriver::start(int num_queues, int num_poll_queues) {
     if (nbd_get_size((*c)->get()) != static_cast<int64_t>(size_)) {
       return error(-EIO, "connection {} to {}: the export changed size", conns_.size(), full_uri_);
     }
+    if ((nbd_can_meta_context((*c)->get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == 1) != caps_.can_block_status) {
+      return error(-EIO, "connection {} to {}: the server changed its mind about base:allocation", conns_.size(),
+                   full_uri_);
+    }
     conns_.push_back(std::move(c.value()));
   }
   return {};
@@ -171,6 +194,36 @@ Result<std::unique_ptr<DriverQueue>> NbdDriver::create_queue(bool poll) {
   auto q = std::make_unique<NbdQueue>(conns_[next_conn_++ % conns_.size()], caps_);
   if (!q->ok()) return errno_error("nbd queue: eventfd/epoll");
   return std::unique_ptr<DriverQueue>(std::move(q));
+}
+
+Result<AllocationExtent> NbdDriver::extent_at(uint64_t offset, uint64_t len) {
+  // The synchronous form, for control paths and tools (blkstack copy); the
+  // data path asks through the queues (Op::kBlockStatus). It asks on a
+  // connection of its own, whose view of the export may lag writes made on
+  // the queues' connections unless the server promises multi-conn
+  // consistency (or nothing writes: read-only). Where neither holds, the
+  // honest answer is "data" (reading it costs time, never correctness).
+  if (!caps_.can_block_status || !(multi_conn_ || read_only_)) return AllocationExtent{len, false};
+  std::lock_guard lock(control_mu_);
+  // Bounded like connecting: a server that stops answering fails the query
+  // (and the connection is made again next time) instead of hanging.
+  const int timeout_s = connect_timeout_s_ > 0 ? connect_timeout_s_ : 30;
+  if (!control_) {
+    auto h = nbd_connect_within(full_uri_, timeout_s);
+    if (!h) return h.status();
+    if (nbd_can_meta_context(h->get(), LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) return AllocationExtent{len, false};
+    control_ = std::move(h.value());
+  }
+  AllocationExtent e{};
+  if (Status st = nbd_block_status_within(control_.get(), offset, std::min(len, caps_.max_status_len), timeout_s, e);
+      !st) {
+    // A command may still be in flight, its callbacks pointing at this
+    // call's frame: the connection goes.
+    control_.reset();
+    return st;
+  }
+  if (e.len == 0 || e.len > len) return AllocationExtent{len, false};
+  return e;
 }
 
 }  // namespace

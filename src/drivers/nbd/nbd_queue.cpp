@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "core/clock.hpp"
@@ -93,6 +94,13 @@ int NbdQueue::on_command_done(void* user_data, int* error) {
   return 1;  // retire the command: we never ask libnbd about it again
 }
 
+int NbdQueue::on_extent(void* user_data, const char* metacontext, uint64_t offset, uint32_t* entries,
+                        size_t nr_entries, int* /*error*/) {
+  Cmd* c = static_cast<Cmd*>(user_data);
+  nbd_extent_to_allocation(metacontext, c->offset, offset, entries, nr_entries, *c->extent);
+  return 0;
+}
+
 void NbdQueue::release_parts(Cmd* c, uint32_t n) {
   if (c->parts.fetch_sub(n, std::memory_order_acq_rel) == n) finish(c);
 }
@@ -173,6 +181,20 @@ void NbdQueue::issue(Cmd* c, const Request& req) {
     }
     case Op::kDiscard:
       return check(nbd_aio_trim(h, req.len, req.offset, done, 0));
+    case Op::kBlockStatus: {
+      // Only asked when base:allocation was negotiated (supports_block_status).
+      // On this queue's own connection, so the answer is consistent with
+      // every write this queue has seen complete, whatever the server's
+      // multi-conn promises (docs/nbd-driver.md). REQ_ONE: one extent, one
+      // round trip, nothing parsed that we would throw away. The contract
+      // layer turns an answer that never came (extent->len still 0) into
+      // "data".
+      c->extent = req.extent;
+      c->offset = req.offset;
+      uint64_t len = std::min(req.len, caps_.max_status_len);
+      nbd_extent_callback ext{.callback = &NbdQueue::on_extent, .user_data = c, .free = nullptr};
+      return check(nbd_aio_block_status(h, len, req.offset, ext, done, LIBNBD_CMD_FLAG_REQ_ONE));
+    }
     case Op::kFlush:
       // A server without NBD_FLAG_SEND_FLUSH has nothing to flush
       // (flush-needed is false).

@@ -21,6 +21,10 @@ struct NbdCaps {
   bool can_flush = false;
   bool can_fua = false;
   bool can_fast_zero = false;
+  // base:allocation was negotiated (on every connection): queues answer
+  // Op::kBlockStatus with NBD_CMD_BLOCK_STATUS on their own connection.
+  bool can_block_status = false;
+  uint64_t max_status_len = 0;  // 32-bit lengths, aligned to the block size
 };
 
 class NbdQueue final : public DriverQueue {
@@ -34,6 +38,7 @@ class NbdQueue final : public DriverQueue {
   int completion_fd() const override { return epoll_.get(); }
   void notify() override;
   DriverQueueStats stats() const override { return stats_; }
+  bool supports_block_status() const override { return caps_.can_block_status; }
 
   bool ok() const { return epoll_.valid() && wake_.valid(); }
 
@@ -45,9 +50,17 @@ class NbdQueue final : public DriverQueue {
     uint32_t slot;
     std::atomic<uint32_t> parts;  // commands not yet finished, plus the issuer's hold
     std::atomic<int> err;         // first failure (positive errno)
+    // Block status: the caller's struct (written by the extent callback,
+    // which runs before the completion callback, on whichever thread reads
+    // the reply; the completion hands it over with release_parts()'s
+    // acquire/release) and the offset asked.
+    AllocationExtent* extent;
+    uint64_t offset;
   };
 
   static int on_command_done(void* user_data, int* error);
+  static int on_extent(void* user_data, const char* metacontext, uint64_t offset, uint32_t* entries,
+                       size_t nr_entries, int* error);
   Cmd* new_cmd(uint32_t slot, uint32_t parts);
   void release_parts(Cmd* c, uint32_t n);  // drops n parts; the last one finishes c
   void finish(Cmd* c);                     // c's request is over: hand it to our thread

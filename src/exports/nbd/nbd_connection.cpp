@@ -28,11 +28,25 @@ struct Connection::Request final : IoDone {
   RequestHeader h{};
   BufferPool::Buffer buf;
   uint64_t start_ns = 0;
-  int pending = 0;          // library requests outstanding
+  int pending = 0;          // library requests outstanding (a chain of status queries counts once)
   int result = 0;           // the first error among them
   bool then_flush = false;  // TRIM with FUA: a flush follows the discard
   std::vector<AllocationExtent> extents;  // hole-aware reads: the layout of the range
 
+  // Allocation queries (Queue::block_status), one at a time: each answer
+  // says where the next one starts. They complete through `status_done`, so
+  // a hole-aware read tells its query's completion from its data's.
+  struct StatusDone final : IoDone {
+    Request* r = nullptr;
+    void io_done(int ret) override { r->conn->status_done(r, ret); }
+  } status_done;
+  AllocationExtent answer{};     // the query in flight writes here
+  uint64_t scan = 0, scan_end = 0;  // [scan, scan_end): what is left to learn
+  uint64_t holes_gen = 0;        // hole-aware reads: the holes generation when the scan began
+  bool any_hole = false;
+  std::vector<Extent> status;    // NBD_CMD_BLOCK_STATUS: the reply's extents
+
+  Request() { status_done.r = this; }
   void io_done(int ret) override { conn->request_done(this, ret); }
 };
 
@@ -424,6 +438,8 @@ Connection::Request* Connection::new_request(const RequestHeader& h) {
   r->result = 0;
   r->then_flush = false;
   r->extents.clear();
+  r->status.clear();
+  r->any_hole = false;
   r->start_ns = mono_ns();
   in_flight_++;
   return r.release();
@@ -444,42 +460,65 @@ void Connection::start_read(Request* r) {
   const RequestHeader& h = r->h;
   if (neg_.structured_replies && !(h.flags & kCmdFlagDf) && h.length >= kHoleAwareReadMin &&
       export_->reports_holes()) {
-    // Learn the layout first, so holes can be sent as holes.
-    Device& dev = export_->device().device();
+    // Learn the layout, so holes can be sent as holes: allocation queries
+    // on the lane's queue, next to the read (not before it: for a network
+    // device each is a round trip). The reply goes out once both are done.
     const uint64_t gen = export_->device().holes_generation();
-    uint64_t off = h.offset, end = h.offset + h.length;
-    bool any_hole = false;
-    if (gen == data_gen_ && off >= data_begin_ && end <= data_end_) off = end;  // all data: nothing to learn
-    while (off < end && r->extents.size() < 64) {
+    const uint64_t end = h.offset + h.length;
+    // All data by an earlier answer: nothing to learn.
+    if (!(gen == data_gen_ && h.offset >= data_begin_ && end <= data_end_)) {
+      r->scan = h.offset;
+      r->scan_end = end;
+      r->holes_gen = gen;
+      r->pending++;
       // The first query asks up to the end of the device (the kernel scans
       // as far as the next hole whatever length is asked): a data extent
       // found is remembered for the reads that follow.
-      bool first = off == h.offset;
-      auto e = dev.extent_at(off, first ? dev.info().capacity - off : end - off);
-      if (!e || e->len == 0) break;
-      if (first && !e->hole) {
-        data_begin_ = off;
-        data_end_ = off + e->len;
-        data_gen_ = gen;
-      }
-      AllocationExtent x = *e;
-      x.len = std::min(x.len, end - off);
-      x.len -= x.len % export_->info().min_block;
-      if (x.len == 0) break;
-      any_hole |= x.hole;
+      lane_->io.queue().block_status(h.offset, export_->device().device().info().capacity - h.offset, &r->answer,
+                                     &r->status_done, 0);
+    }
+  }
+  r->pending++;
+  lane_->io.queue().read(h.offset, r->buf.data, h.length, r, 0);
+  lane_->io.kick();
+}
+
+// One allocation query of a hole-aware read is answered: add it to the
+// layout and ask the next, until the range is known (or 64 extents, the rest
+// then sent as data). A failed query only ends the scan: the read itself
+// decides the reply.
+void Connection::read_layout_step(Request* r, int ret) {
+  const uint64_t end = r->scan_end;
+  const bool first = r->scan == r->h.offset;
+  bool more = false;
+  if (ret >= 0 && r->answer.len > 0) {
+    if (first && !r->answer.hole) {
+      data_begin_ = r->scan;
+      data_end_ = r->scan + r->answer.len;
+      data_gen_ = r->holes_gen;
+    }
+    AllocationExtent x = r->answer;
+    x.len = std::min(x.len, end - r->scan);
+    x.len -= x.len % export_->info().min_block;
+    if (x.len > 0) {
+      r->any_hole |= x.hole;
       if (!r->extents.empty() && r->extents.back().hole == x.hole) {
         r->extents.back().len += x.len;
       } else {
         r->extents.push_back(x);
       }
-      off += x.len;
+      r->scan += x.len;
+      more = r->scan < end && r->extents.size() < 64;
     }
-    if (off < end) r->extents.push_back({end - off, false});
-    if (!any_hole) r->extents.clear();
   }
-  r->pending = 1;
-  lane_->io.queue().read(h.offset, r->buf.data, h.length, r, 0);
-  lane_->io.kick();
+  if (more && !dead_) {
+    lane_->io.queue().block_status(r->scan, end - r->scan, &r->answer, &r->status_done, 0);
+    lane_->io.kick();
+    return;
+  }
+  if (r->scan < end) r->extents.push_back({end - r->scan, false});
+  if (!r->any_hole) r->extents.clear();
+  request_done(r, 0);
 }
 
 void Connection::start_write(Request* r) {
@@ -553,31 +592,52 @@ void Connection::start_cache(Request* r) {
 }
 
 void Connection::block_status(Request* r) {
-  Device& dev = export_->device().device();
-  const RequestHeader& h = r->h;
-  std::vector<Extent> ext;
-  uint64_t off = h.offset, end = h.offset + h.length;
-  size_t max_ext = (h.flags & kCmdFlagReqOne) ? 1 : 1024;
-  while (off < end && ext.size() < max_ext) {
-    auto e = dev.extent_at(off, end - off);
-    if (!e) return reply_error(r, errno_to_nbd(e.status().code()), e.status().message());
-    uint32_t flags = e->hole ? (kStateHole | kStateZero) : 0;
-    if (!ext.empty() && ext.back().flags == flags) {
-      ext.back().length += e->len;
-    } else {
-      if (ext.size() == max_ext) break;
-      ext.push_back({e->len, flags});
-    }
-    off += e->len;
+  // Asked of the device one extent at a time, asynchronously (for a network
+  // device each answer is a round trip, and the reactor serves everyone
+  // else meanwhile); the reply goes out from reply_block_status().
+  r->scan = r->h.offset;
+  r->scan_end = r->h.offset + r->h.length;
+  r->pending = 1;
+  lane_->io.queue().block_status(r->scan, r->scan_end - r->scan, &r->answer, &r->status_done, 0);
+  lane_->io.kick();
+}
+
+void Connection::block_status_step(Request* r, int ret) {
+  if (ret < 0) return request_done(r, ret);
+  const size_t max_ext = (r->h.flags & kCmdFlagReqOne) ? 1 : 1024;
+  const AllocationExtent& e = r->answer;
+  uint32_t flags = e.hole ? (kStateHole | kStateZero) : 0;
+  if (!r->status.empty() && r->status.back().flags == flags) {
+    r->status.back().length += e.len;
+  } else {
+    r->status.push_back({e.len, flags});
   }
+  r->scan += e.len;
+  // A reply may cover less than asked (the client asks again): stop at an
+  // extent the device ended off the block size, where no query may start.
+  if (r->scan < r->scan_end && r->status.size() < max_ext && r->scan % export_->info().min_block == 0 && !dead_) {
+    lane_->io.queue().block_status(r->scan, r->scan_end - r->scan, &r->answer, &r->status_done, 0);
+    lane_->io.kick();
+    return;
+  }
+  request_done(r, 0);
+}
+
+void Connection::status_done(Request* r, int ret) {
+  if (r->h.type == kCmdRead) return read_layout_step(r, ret);
+  block_status_step(r, ret);
+}
+
+void Connection::reply_block_status(Request* r) {
+  const RequestHeader& h = r->h;
   BlockStatusQuery q;
   q.length = h.length;
   q.req_one = h.flags & kCmdFlagReqOne;
   q.align = export_->info().min_block;
   q.context_id = neg_.base_allocation_id;
-  std::vector<uint8_t> bytes(kExtendedChunkHeaderSize + 16 + ext.size() * 16 * 2);
+  std::vector<uint8_t> bytes(kExtendedChunkHeaderSize + 16 + r->status.size() * 16 * 2);
   ReplyTo to{h.cookie, h.offset, neg_.extended_headers};
-  BlockStatusResult res = encode_block_status(bytes, to, q, ext);
+  BlockStatusResult res = encode_block_status(bytes, to, q, r->status);
   if (res.bytes == 0) return reply_error(r, kEinval, "no block status to report");
   bytes.resize(res.bytes);
   Out& o = push_out();
@@ -604,6 +664,8 @@ void Connection::request_done(Request* r, int ret) {
     reply_error(r, errno_to_nbd(r->result));
   } else if (r->h.type == kCmdRead) {
     reply_read(r);
+  } else if (r->h.type == kCmdBlockStatus) {
+    reply_block_status(r);
   } else {
     reply_ok(r);
   }

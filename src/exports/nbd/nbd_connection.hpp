@@ -80,6 +80,9 @@ class Connection final : public Reactor::Deferred {
   void start_zeroes(Request* r);
   void start_cache(Request* r);
   void block_status(Request* r);
+  void status_done(Request* r, int ret);  // an allocation query completed
+  void read_layout_step(Request* r, int ret);
+  void block_status_step(Request* r, int ret);
   void request_done(Request* r, int ret);
   friend struct Request;
 
@@ -87,6 +90,7 @@ class Connection final : public Reactor::Deferred {
   void reply_ok(Request* r);
   void reply_error(Request* r, uint32_t nbd_error, std::string_view message = {});
   void reply_read(Request* r);
+  void reply_block_status(Request* r);
   void reply_bytes(std::vector<uint8_t> bytes);
   Out& push_out();
   void finish_request(Request* r, bool failed);
