@@ -7,6 +7,7 @@ namespace blkstack {
 
 std::unique_ptr<Driver> make_nbd_driver();
 std::unique_ptr<Driver> make_null_driver();
+std::unique_ptr<Driver> make_virtio_blk_vhost_user_driver();
 
 std::span<const DriverEntry> drivers() {
   static const DriverEntry entries[] = {
@@ -14,6 +15,7 @@ std::span<const DriverEntry> drivers() {
       {"nbd", &make_nbd_driver},
       {"null", &make_null_driver},
       {"rbd", &RbdDriver::create},
+      {"virtio-blk-vhost-user", &make_virtio_blk_vhost_user_driver},
   };
   return entries;
 }

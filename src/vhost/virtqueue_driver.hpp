@@ -10,6 +10,11 @@
 // a full fence, as the virtio spec's memory-ordering section requires.
 #pragma once
 
+// The legacy part of the UAPI header (struct vring, vring_init) is not
+// valid C++; the ring layout is computed here instead.
+#ifndef VIRTIO_RING_NO_LEGACY
+#define VIRTIO_RING_NO_LEGACY
+#endif
 #include <linux/virtio_ring.h>
 
 #include <cstddef>
@@ -44,6 +49,9 @@ class VirtqueueDriver {
   uint16_t size() const { return size_; }
   uint16_t free_descriptors() const { return num_free_; }
   uint16_t in_flight() const { return in_flight_; }
+  // The head the next add() will return (the first free descriptor), so
+  // per-chain data indexed by head can be written before the chain.
+  uint16_t next_head() const { return free_head_; }
 
   const vring_desc* desc() const { return desc_; }
   const vring_avail* avail() const { return avail_; }
