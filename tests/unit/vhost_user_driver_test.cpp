@@ -339,7 +339,11 @@ TEST(VhostUserDriver, DoIoTimeout) {
   ASSERT_TRUE(dev);
   Queue& q = *dev->queue(0);
   Region reg(*dev, 1 << 20);
-  q.read(0, reg.p(), 1 << 20, nullptr, 0);  // 16 s at 64 KiB/s
+  // The throttle lets a request through when its bucket is empty, then
+  // makes the next wait for the bytes to drain: 16 s at 64 KiB/s.
+  q.read(0, reg.p(), 1 << 20, nullptr, 0);
+  ASSERT_EQ(wait_one(q).ret, 0);
+  q.read(0, reg.p(), 1 << 20, nullptr, 0);
   Completion c{};
   timespec t{0, 100 * 1000 * 1000};
   auto t0 = std::chrono::steady_clock::now();
@@ -402,6 +406,8 @@ TEST(VhostUserDriver, BackendKilledWithRequestsInFlight) {
   int fd = q.completion_fd();
   q.set_completion_fd_enabled(true);
   Region reg(*dev, 4 << 20);
+  q.read(0, reg.p(), 1 << 20, nullptr, 0);  // fills the throttle's bucket
+  ASSERT_EQ(wait_one(q).ret, 0);
   for (int i = 0; i < 4; i++) q.read(i * (1ull << 20), reg.p() + i * (1 << 20), 1 << 20, nullptr, 0);
   Completion c[4]{};
   timespec t{0, 200 * 1000 * 1000};
