@@ -137,6 +137,17 @@ bool VirtqueueDriver::arm_notifications() {
   return has_used();
 }
 
+void VirtqueueDriver::disarm_notifications() {
+  if (event_idx_) {
+    // An index the device has already passed: reached again only after it
+    // wraps, which costs at most one spurious notification.
+    uint16_t* used_event = &avail_->ring[size_];
+    store_relaxed(*used_event, static_cast<uint16_t>(last_used_ - 1));
+  } else {
+    store_relaxed(avail_->flags, VRING_AVAIL_F_NO_INTERRUPT);
+  }
+}
+
 void VirtqueueDriver::suppress_notifications() {
   suppressed_ = true;
   if (event_idx_) {

@@ -76,6 +76,9 @@ class VirtqueueDriver {
   // Returns true if entries arrived meanwhile (then no notification is
   // promised for them: reap them first).
   bool arm_notifications();
+  // Takes the request back while we are busy anyway (the device may still
+  // notify once: the flag and index are hints).
+  void disarm_notifications();
   // Asks the device not to notify at all (poll queues).
   void suppress_notifications();
 

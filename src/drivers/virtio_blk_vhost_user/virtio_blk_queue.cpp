@@ -283,6 +283,10 @@ int VirtioBlkQueue::wait(const struct timespec* timeout, const sigset_t* sig) {
   int r = ::ppoll(fds, 1, timeout, sig);
   if (r < 0) return errno == EINTR ? -EINTR : -errno;
   if (r == 0) return -ETIME;
+  // Reset the signal we were woken by (only then: a read that finds
+  // nothing is a wasted system call).
+  eventfd_t v;
+  eventfd_read(call_.get(), &v);
   return 0;
 }
 
@@ -313,20 +317,16 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
         }
         continue;
       }
-    } else {
-      // Clear the call fd before looking, so a completion after the look
-      // leaves it readable; then ask for the next notification.
-      eventfd_t v;
-      eventfd_read(call_.get(), &v);
-      if (!vq_.arm_notifications()) {
-        timespec left{};
-        if (deadline != UINT64_MAX) {
-          uint64_t now = mono_ns();
-          uint64_t rel = deadline > now ? deadline - now : 0;
-          left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
-        }
-        err = wait(deadline == UINT64_MAX ? nullptr : &left, sig);
+    } else if (!vq_.arm_notifications()) {
+      // Armed, and nothing arrived meanwhile: sleep until the back-end
+      // signals. A signal left over from earlier wakes us once for nothing.
+      timespec left{};
+      if (deadline != UINT64_MAX) {
+        uint64_t now = mono_ns();
+        uint64_t rel = deadline > now ? deadline - now : 0;
+        left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
       }
+      err = wait(deadline == UINT64_MAX ? nullptr : &left, sig);
     }
     n += reap(owner, budget - n);
     submit();  // completions freed descriptors, and may have queued follow-ups
@@ -336,9 +336,19 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
   if (watch_.dead() && !dead_) n += fail_everything(owner, budget - n);
   submit();
   if (!poll_) {
-    // Re-arm, and if completions are already waiting (budget used up, or
-    // they raced the re-arm), say so through the completion fd.
-    if (vq_.arm_notifications() || failed_head_ < failed_.size() || (dead_ && (active_ > 0 || pending_head_ < pending_.size()))) notify();
+    if (fd_enabled_) {
+      // Event-driven caller: re-arm, and if completions are already waiting
+      // (budget used up, or they raced the re-arm), say so through the
+      // completion fd.
+      if (vq_.arm_notifications() || failed_head_ < failed_.size() ||
+          (dead_ && (active_ > 0 || pending_head_ < pending_.size()))) {
+        notify();
+      }
+    } else {
+      // Nobody listens between calls: the back-end need not signal (one
+      // eventfd write less per batch on its side). We arm before sleeping.
+      vq_.disarm_notifications();
+    }
   }
   return n > 0 ? static_cast<int>(n) : err;
 }

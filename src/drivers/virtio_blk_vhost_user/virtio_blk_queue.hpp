@@ -57,6 +57,7 @@ class VirtioBlkQueue final : public DriverQueue {
               const sigset_t* sig) override;
   int completion_fd() const override { return poll_ ? -1 : call_.get(); }
   void notify() override;
+  void set_completion_fd_enabled(bool on) override { fd_enabled_ = on; }
   DriverQueueStats stats() const override { return stats_; }
 
  private:
@@ -110,6 +111,7 @@ class VirtioBlkQueue final : public DriverQueue {
   std::vector<Failed> failed_;                   // finished without the device
   size_t failed_head_ = 0;
   uint32_t active_ = 0;                          // chains the device holds
+  bool fd_enabled_ = false;                      // the application waits on the completion fd
   bool dead_ = false;                            // the back-end is gone: fail everything
   DriverQueueStats stats_;
 };
