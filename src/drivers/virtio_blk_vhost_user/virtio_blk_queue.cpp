@@ -64,10 +64,18 @@ VirtioBlkQueue::~VirtioBlkQueue() {
 
 void VirtioBlkQueue::notify() { eventfd_write(call_.get(), 1); }
 
+void VirtioBlkQueue::set_completion_fd_enabled(bool on) {
+  if (poll_) return;
+  fd_enabled_ = on;
+  // blkio(3): the change covers requests already in flight, so the back-end
+  // must signal from now on, and what it finished meanwhile counts too.
+  if (on && vq_.arm_notifications()) notify();
+}
+
 void VirtioBlkQueue::defer(uint32_t slot, int res) {
   failed_.push_back({slot, res});
   // Outside process() nobody else would tell an event-driven caller.
-  if (!poll_) notify();
+  if (fd_enabled_) notify();
 }
 
 unsigned VirtioBlkQueue::descriptors_for(const Request& req) const {

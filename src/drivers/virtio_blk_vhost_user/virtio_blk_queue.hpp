@@ -57,7 +57,7 @@ class VirtioBlkQueue final : public DriverQueue {
               const sigset_t* sig) override;
   int completion_fd() const override { return poll_ ? -1 : call_.get(); }
   void notify() override;
-  void set_completion_fd_enabled(bool on) override { fd_enabled_ = on; }
+  void set_completion_fd_enabled(bool on) override;
   DriverQueueStats stats() const override { return stats_; }
 
  private:
