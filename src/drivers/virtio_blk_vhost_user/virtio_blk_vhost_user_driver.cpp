@@ -227,6 +227,11 @@ size_t VirtioBlkVhostUserDriver::queue_bytes() const {
 }
 
 Status VirtioBlkVhostUserDriver::start(int num_queues, int num_poll_queues) {
+  if (shared_.size() != 0) {
+    // The back-end already holds our rings from a start that failed later
+    // on: its vrings are half set up. A fresh connection is the clean way.
+    return error(-EIO, "virtio-blk-vhost-user: start after a failed start; destroy the device and connect again");
+  }
   total_queues_ = num_queues + num_poll_queues;
   if (total_queues_ > backend_queues_) {
     return error(-EINVAL, "{} queues asked for; the back-end has {}", total_queues_, backend_queues_);
