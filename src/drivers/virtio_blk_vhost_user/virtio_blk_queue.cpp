@@ -33,7 +33,8 @@ int status_to_errno(uint8_t status) {
 }  // namespace
 
 VirtioBlkQueue::VirtioBlkQueue(const VirtioBlkQueueMemory& mem, uint16_t size, bool event_idx, bool poll,
-                               const VirtioBlkCaps& caps, BackendWatch& watch, UniqueFd kick, UniqueFd call)
+                               const VirtioBlkCaps& caps, BackendWatch& watch, int sock, UniqueFd kick,
+                               UniqueFd call)
     : vq_(mem.ring, size, event_idx),
       headers_(mem.headers),
       zero_addr_(mem.zero_addr),
@@ -41,6 +42,7 @@ VirtioBlkQueue::VirtioBlkQueue(const VirtioBlkQueueMemory& mem, uint16_t size, b
       poll_(poll),
       caps_(caps),
       watch_(watch),
+      sock_(sock),
       kick_(std::move(kick)),
       call_(std::move(call)),
       inflight_(size),
@@ -287,10 +289,14 @@ unsigned VirtioBlkQueue::fail_everything(Queue& owner, unsigned budget) {
 }
 
 int VirtioBlkQueue::wait(const struct timespec* timeout, const sigset_t* sig) {
-  pollfd fds[1] = {{call_.get(), POLLIN, 0}};
-  int r = ::ppoll(fds, 1, timeout, sig);
+  // The socket too (hang-up only: its replies belong to the control path),
+  // so a dead back-end wakes us even before the watcher thread runs.
+  pollfd fds[2] = {{call_.get(), POLLIN, 0}, {sock_, POLLRDHUP, 0}};
+  int r = ::ppoll(fds, 2, timeout, sig);
   if (r < 0) return errno == EINTR ? -EINTR : -errno;
   if (r == 0) return -ETIME;
+  if (fds[1].revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) watch_.mark_dead();
+  if (!(fds[0].revents & POLLIN)) return 0;
   // Reset the signal we were woken by (only then: a read that finds
   // nothing is a wasted system call).
   eventfd_t v;

@@ -48,7 +48,7 @@ struct VirtioBlkQueueMemory {
 class VirtioBlkQueue final : public DriverQueue {
  public:
   VirtioBlkQueue(const VirtioBlkQueueMemory& mem, uint16_t size, bool event_idx, bool poll, const VirtioBlkCaps& caps,
-                 BackendWatch& watch, UniqueFd kick, UniqueFd call);
+                 BackendWatch& watch, int sock, UniqueFd kick, UniqueFd call);
   ~VirtioBlkQueue() override;
 
   void enqueue(uint32_t slot, const Request& req) override;
@@ -101,6 +101,7 @@ class VirtioBlkQueue final : public DriverQueue {
   bool poll_;
   VirtioBlkCaps caps_;
   BackendWatch& watch_;
+  int sock_;  // the control socket, watched for hang-up while we sleep (not owned)
   UniqueFd kick_;
   UniqueFd call_;
 

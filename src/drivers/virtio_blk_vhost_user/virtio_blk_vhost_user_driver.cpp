@@ -302,7 +302,8 @@ Result<std::unique_ptr<DriverQueue>> VirtioBlkVhostUserDriver::create_queue(bool
   if (Status s = c.sync(); !s) return control_failed(s);
   const bool event_idx = features_ & (1ull << VIRTIO_RING_F_EVENT_IDX);
   return std::unique_ptr<DriverQueue>(
-      std::make_unique<VirtioBlkQueue>(mem, size, event_idx, poll, caps_, watch_, std::move(kick), std::move(call)));
+      std::make_unique<VirtioBlkQueue>(mem, size, event_idx, poll, caps_, watch_, client_->fd(), std::move(kick),
+                                       std::move(call)));
 }
 
 Status VirtioBlkVhostUserDriver::map_region(MappedRegion& r) {
