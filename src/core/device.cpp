@@ -20,7 +20,10 @@ constexpr size_t kZeroBufferLen = 1 << 20;  // write-zeroes fallback chunk
 
 Result<std::unique_ptr<Device>> Device::create(std::string_view name) {
   for (const DriverEntry& e : drivers()) {
-    if (name == e.name) return std::unique_ptr<Device>(new Device(std::string(name), e.create()));
+    if (name != e.name) continue;
+    auto driver = e.create();
+    if (!driver) return driver.status();
+    return std::unique_ptr<Device>(new Device(std::string(name), std::move(*driver)));
   }
   return error(-ENOENT, "Unknown driver name");
 }

@@ -133,10 +133,12 @@ class Driver {
   virtual uint64_t current_capacity(uint64_t connected_capacity) { return connected_capacity; }
 };
 
-// Registry of driver factories, by name.
+// Registry of driver factories, by name. Drivers with heavy dependencies
+// (librbd, libnbd) live in loadable modules (drivers/driver_module.hpp), so
+// their create() can fail: the module or its libraries may be missing.
 struct DriverEntry {
   const char* name;
-  std::unique_ptr<Driver> (*create)();
+  Result<std::unique_ptr<Driver>> (*create)();
 };
 std::span<const DriverEntry> drivers();
 

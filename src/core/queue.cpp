@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "blkstack/device.hpp"
+#include "core/clock.hpp"
 #include "core/driver.hpp"
 
 namespace blkstack {
@@ -31,23 +32,6 @@ constexpr const char* kErrReadOnly = "the device is read-only";
 
 inline bool misaligned(uint64_t v, uint64_t align) { return (v & (align - 1)) != 0; }
 
-inline timespec ts_sub(const timespec& a, const timespec& b) {
-  timespec r{a.tv_sec - b.tv_sec, a.tv_nsec - b.tv_nsec};
-  if (r.tv_nsec < 0) {
-    r.tv_nsec += 1000000000;
-    r.tv_sec--;
-  }
-  return r;
-}
-inline timespec ts_add(const timespec& a, const timespec& b) {
-  timespec r{a.tv_sec + b.tv_sec, a.tv_nsec + b.tv_nsec};
-  if (r.tv_nsec >= 1000000000) {
-    r.tv_nsec -= 1000000000;
-    r.tv_sec++;
-  }
-  return r;
-}
-inline bool ts_positive(const timespec& t) { return t.tv_sec > 0 || (t.tv_sec == 0 && t.tv_nsec > 0); }
 
 }  // namespace
 
@@ -463,14 +447,12 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
   }
   if (max_completions > 0 && !out) return last_error_ = "completions must not be NULL", -EINVAL;
 
-  timespec start{}, deadline{};
   if (timeout) {
     if (timeout->tv_sec < 0 || timeout->tv_nsec < 0 || timeout->tv_nsec >= 1000000000) {
       return last_error_ = "invalid timeout", -EINVAL;
     }
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    deadline = ts_add(start, *timeout);
   }
+  Deadline deadline(timeout);
 
   out_ = out;
   out_n_ = 0;
@@ -485,10 +467,8 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
     if (out_n_ >= min_n) break;
     timespec rel{};
     if (timeout) {
-      timespec now;
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      rel = ts_sub(deadline, now);
-      if (!ts_positive(rel)) {
+      rel = deadline.left();
+      if (to_ns(rel) == 0) {
         r = -ETIME;
         break;
       }
@@ -501,10 +481,7 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
   out_max_ = 0;
 
   if (timeout) {
-    timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    timespec left = ts_sub(deadline, now);
-    *timeout = ts_positive(left) ? left : timespec{0, 0};
+    *timeout = deadline.left();
   }
   if (r < 0) {
     unget(static_cast<int>(out_n_));

@@ -128,7 +128,7 @@ Status Daemon::add_ublk_export(const KeyValueList& spec) {
   if (!exp) return error(exp.status().code(), "export {}: {}", cfg->id, exp.status().message());
   std::shared_ptr<ublk::UblkExport> e = std::move(exp.value());
   dev->second->users++;
-  exports_[cfg->id] = Export{"ublk", e->block_device(), cfg->blockdev, nullptr, e};
+  exports_[cfg->id] = Export{"ublk", e->block_device(), cfg->blockdev, nullptr, e, nullptr};
   spdlog::info("daemon: export added id={} type=ublk device={} blockdev={} queues={} depth={} copy={} recovered={}",
                cfg->id, e->block_device(), cfg->blockdev, e->queue_requests().size(), cfg->depth,
                cfg->mode == ublk::CopyMode::kUser ? "user" : cfg->mode == ublk::CopyMode::kGetData ? "get-data" : "kernel",
@@ -136,8 +136,30 @@ Status Daemon::add_ublk_export(const KeyValueList& spec) {
   return {};
 }
 
+Status Daemon::add_vhost_user_blk_export(const KeyValueList& spec) {
+  auto cfg = vhost_blk::parse_vhost_user_blk_export(spec);
+  if (!cfg) return cfg.status();
+  if (exports_.count(cfg->id)) return error(-EEXIST, "an export with id {} already exists", cfg->id);
+  auto dev = devices_.find(cfg->blockdev);
+  if (dev == devices_.end()) return error(-ENOENT, "export {}: no device with id {}", cfg->id, cfg->blockdev);
+  for (auto& [other, x] : exports_) {
+    if (x.address == cfg->socket) return error(-EADDRINUSE, "export {}: {} is used by export {}", cfg->id, cfg->socket, other);
+  }
+  std::vector<Reactor*> rs;
+  for (auto& r : reactors_) rs.push_back(r.get());
+  auto exp = vhost_blk::VhostUserBlkExport::create(*cfg, *dev->second, rs);
+  if (!exp) return error(exp.status().code(), "export {}: {}", cfg->id, exp.status().message());
+  std::shared_ptr<vhost_blk::VhostUserBlkExport> e = std::move(exp.value());
+  dev->second->users++;
+  exports_[cfg->id] = Export{"vhost-user-blk", cfg->socket, cfg->blockdev, nullptr, nullptr, e};
+  spdlog::info("daemon: export added id={} type=vhost-user-blk socket={} blockdev={} queues={} readonly={} features=0x{:x}",
+               cfg->id, cfg->socket, cfg->blockdev, e->queue_requests().size(), e->read_only(), e->features());
+  return {};
+}
+
 Status Daemon::add_export(KeyValueList spec) {
   if (spec.head == "ublk") return add_ublk_export(spec);
+  if (spec.head == "vhost-user-blk") return add_vhost_user_blk_export(spec);
   if (spec.head != "nbd") return error(-EINVAL, "unknown export type '{}'", spec.head);
   auto cfg = nbd::parse_nbd_export(spec);
   if (!cfg) return cfg.status();
@@ -186,7 +208,7 @@ Status Daemon::attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport>
       sets.push_back(nbd_connections_[i].get());
     }
     lit = listeners_.emplace(address, std::move(l)).first;
-    exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr};
+    exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr, nullptr};
     publish_catalog(*lit->second);
     lit->second->start(*reactors_[0], rs, sets);
     return {};
@@ -196,7 +218,7 @@ Status Daemon::attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport>
       return error(-EEXIST, "export {}: {} already has an export named \"{}\"", id, address, exp->info().name);
     }
   }
-  exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr};
+  exports_[id] = Export{"nbd", address, exp->config().blockdev, exp, nullptr, nullptr};
   publish_catalog(*lit->second);
   return {};
 }
@@ -231,6 +253,12 @@ Status Daemon::remove_export(const std::string& id) {
   if (it == exports_.end()) return error(-ENOENT, "no export with id {}", id);
   Export e = it->second;
   exports_.erase(it);
+  if (e.vhost) {
+    e.vhost.reset();  // ends the connection (rings drained) and removes the socket
+    devices_.at(e.blockdev)->users--;
+    spdlog::info("daemon: export removed id={}", id);
+    return {};
+  }
   if (e.ublk) {
     e.ublk.reset();  // stops and deletes the block device
     devices_.at(e.blockdev)->users--;
@@ -309,6 +337,11 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
             {"dev_id", e.ublk->dev_id()}, {"recovered", e.ublk->recovered()}, {"stats", stats_json(e.ublk->snapshot(), 0)},
             {"queue_requests", e.ublk->queue_requests()}};
   }
+  if (e.vhost) {
+    return {{"id", id}, {"type", "vhost-user-blk"}, {"socket", e.address}, {"blockdev", e.blockdev},
+            {"read_only", e.vhost->read_only()}, {"connected", e.vhost->connected()},
+            {"stats", stats_json(e.vhost->snapshot(), 0)}, {"queue_requests", e.vhost->queue_requests()}};
+  }
   const nbd::ExportInfo& info = e.nbd->info();
   StatsSnapshot s = e.nbd->snapshot();
   uint64_t heap = 0;
@@ -372,9 +405,10 @@ void Daemon::drain() {
   spdlog::info("daemon: draining");
   for (auto& [addr, l] : listeners_) l->stop();
   close_connections([](const nbd::Connection&) { return true; });
-  // ublk devices: stop (the kernel lets in-flight requests finish) and delete.
+  // ublk devices: stop (the kernel lets in-flight requests finish) and
+  // delete. vhost-user-blk: end the connection once its rings are drained.
   for (auto it = exports_.begin(); it != exports_.end();) {
-    if (it->second.ublk) {
+    if (it->second.ublk || it->second.vhost) {
       std::string id = it->first;
       ++it;
       if (Status s = remove_export(id); !s) spdlog::warn("daemon: {}", s.message());

@@ -16,6 +16,7 @@
 #include "daemon/reactor.hpp"
 #include "exports/nbd/nbd_listener.hpp"
 #include "exports/ublk/ublk_export.hpp"
+#include "exports/vhost_user_blk/vhost_user_blk_export.hpp"
 
 namespace blkstack {
 
@@ -44,10 +45,12 @@ class Daemon {
     std::string blockdev;
     std::shared_ptr<nbd::NbdExport> nbd;
     std::shared_ptr<ublk::UblkExport> ublk;
+    std::shared_ptr<vhost_blk::VhostUserBlkExport> vhost;
   };
 
   Status start_reactors();
   Status add_ublk_export(const KeyValueList& spec);
+  Status add_vhost_user_blk_export(const KeyValueList& spec);
   Status attach_nbd(const std::string& id, std::shared_ptr<nbd::NbdExport> exp, const std::string& address);
   void publish_catalog(nbd::Listener& l);
   // Shuts down the NBD connections for which pred is true and waits for them.

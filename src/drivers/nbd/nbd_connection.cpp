@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/clock.hpp"
+
 namespace blkstack {
 
 Status nbd_error(std::string_view what) {
@@ -15,12 +17,6 @@ Status nbd_error(std::string_view what) {
 }
 
 namespace {
-
-uint64_t now_ms() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
-}
 
 bool unreserved(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
@@ -63,17 +59,17 @@ Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
   // (blkio(3)); a read that succeeds has been written by the reply.
   if (nbd_set_pread_initialize(h.get(), false) < 0) return nbd_error("nbd_set_pread_initialize");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) < 0) return nbd_error(fmt::format("connect to {}", uri));
-  uint64_t deadline = timeout_s > 0 ? now_ms() + static_cast<uint64_t>(timeout_s) * 1000 : UINT64_MAX;
+  timespec limit{timeout_s, 0};
+  Deadline deadline(timeout_s > 0 ? &limit : nullptr);
   while (nbd_aio_is_connecting(h.get())) {
     unsigned dir = nbd_aio_get_direction(h.get());
     pollfd p{nbd_aio_get_fd(h.get()), 0, 0};
     if (dir & LIBNBD_AIO_DIRECTION_READ) p.events |= POLLIN;
     if (dir & LIBNBD_AIO_DIRECTION_WRITE) p.events |= POLLOUT;
-    uint64_t now = now_ms();
-    if (now >= deadline) {
+    if (deadline.passed()) {
       return error(-ETIMEDOUT, "connect to {}: no answer within connect-timeout ({} s)", uri, timeout_s);
     }
-    int wait = deadline == UINT64_MAX ? -1 : static_cast<int>(std::min<uint64_t>(deadline - now, 1000));
+    int wait = deadline.never() ? -1 : static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000 + 1, 1000));
     if (p.fd < 0) break;
     int r = ::poll(&p, 1, wait);
     if (r < 0 && errno != EINTR) return errno_error("poll");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/driver.hpp"
+#include "drivers/driver_module.hpp"
 #include "drivers/nbd/nbd_connection.hpp"
 #include "drivers/nbd/nbd_queue.hpp"
 
@@ -174,6 +175,6 @@ Result<std::unique_ptr<DriverQueue>> NbdDriver::create_queue(bool poll) {
 
 }  // namespace
 
-std::unique_ptr<Driver> make_nbd_driver() { return std::make_unique<NbdDriver>(); }
+BLKSTACK_DRIVER_MODULE("nbd", [] { return std::unique_ptr<Driver>(std::make_unique<NbdDriver>()); })
 
 }  // namespace blkstack

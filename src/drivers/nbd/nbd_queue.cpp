@@ -7,6 +7,8 @@
 
 #include <cerrno>
 
+#include "core/clock.hpp"
+
 namespace blkstack {
 
 namespace {
@@ -264,16 +266,6 @@ unsigned NbdQueue::reap(Queue& owner, unsigned budget) {
   return n;
 }
 
-static uint64_t ts_ns(const timespec& t) {
-  return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
-}
-
-static uint64_t mono_ns() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return ts_ns(t);
-}
-
 int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                       const sigset_t* sig) {
   Driving d(this);
@@ -286,15 +278,10 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   unsigned n = reap(owner, budget);
   int err = 0;
   if (n < wait_for) {
-    uint64_t deadline = timeout ? mono_ns() + ts_ns(*timeout) : UINT64_MAX;
+    Deadline deadline(timeout);
     while (n < wait_for) {
-      timespec left{};
-      if (deadline != UINT64_MAX) {
-        uint64_t now = mono_ns();
-        uint64_t rel = deadline > now ? deadline - now : 0;
-        left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
-      }
-      pump(wait(deadline == UINT64_MAX ? nullptr : &left, sig, err));
+      timespec left = deadline.never() ? timespec{} : deadline.left();
+      pump(wait(deadline.never() ? nullptr : &left, sig, err));
       collect();
       n += reap(owner, budget - n);
       if (err < 0) break;

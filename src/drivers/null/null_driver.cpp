@@ -11,17 +11,12 @@
 #include <vector>
 
 #include "core/driver.hpp"
+#include "core/clock.hpp"
 #include "core/fd.hpp"
 
 namespace blkstack {
 
 namespace {
-
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 class NullQueue final : public DriverQueue {
  public:
@@ -34,16 +29,16 @@ class NullQueue final : public DriverQueue {
   }
 
   void enqueue(uint32_t slot, const Request&) override {
-    pending_.push_back({slot, latency_ns_ ? now_ns() + latency_ns_ : 0});
+    pending_.push_back({slot, latency_ns_ ? mono_ns() + latency_ns_ : 0});
   }
   void enqueue_rw(RwTag tag, uint64_t, void*, uint64_t, const MappedRegion*) override {
-    pending_.push_back({tag.slot(), latency_ns_ ? now_ns() + latency_ns_ : 0});
+    pending_.push_back({tag.slot(), latency_ns_ ? mono_ns() + latency_ns_ : 0});
   }
 
   int process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
               const sigset_t* sig) override {
     if (!latency_ns_) return finish_all(owner, budget);
-    uint64_t now = now_ns();
+    uint64_t now = mono_ns();
     uint64_t deadline = timeout ? now + static_cast<uint64_t>(timeout->tv_sec) * 1000000000ull +
                                       static_cast<uint64_t>(timeout->tv_nsec)
                                 : UINT64_MAX;
@@ -58,7 +53,7 @@ class NullQueue final : public DriverQueue {
         err = -EINTR;
         break;
       }
-      now = now_ns();
+      now = mono_ns();
       n += finish_due(owner, budget - n, now);
       if (n < wait_for && now >= deadline) {
         err = -ETIME;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "drivers/driver_module.hpp"
 #include "drivers/rbd/rbd_queue.hpp"
 
 namespace blkstack {
@@ -264,5 +265,7 @@ Result<std::unique_ptr<DriverQueue>> RbdDriver::create_queue(bool poll) {
   if (Status s = q->init(); !s) return s;
   return std::unique_ptr<DriverQueue>(std::move(q));
 }
+
+BLKSTACK_DRIVER_MODULE("rbd", &RbdDriver::create)
 
 }  // namespace blkstack

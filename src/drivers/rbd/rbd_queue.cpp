@@ -10,16 +10,6 @@
 
 namespace blkstack {
 
-namespace {
-
-timespec mono_now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts;
-}
-
-}  // namespace
-
 RbdQueue::RbdQueue(std::shared_ptr<RbdImage> image) : image_(std::move(image)) {
   posted_.reserve(64);
   ready_.reserve(64);
@@ -157,13 +147,11 @@ void RbdQueue::collect() {
   scratch_.clear();
 }
 
-int RbdQueue::wait(const struct timespec* deadline, const sigset_t* sig) {
+int RbdQueue::wait(const Deadline* deadline, const sigset_t* sig) {
   timespec rel{};
   if (deadline) {
-    timespec now = mono_now();
-    long long ns = (deadline->tv_sec - now.tv_sec) * 1000000000ll + (deadline->tv_nsec - now.tv_nsec);
-    if (ns <= 0) return -ETIME;
-    rel = {static_cast<time_t>(ns / 1000000000ll), static_cast<long>(ns % 1000000000ll)};
+    if (deadline->passed()) return -ETIME;
+    rel = deadline->left();
   }
   if (notified_) {
     // A notify() during this do_io() (a refused request, a contract-layer
@@ -193,16 +181,7 @@ int RbdQueue::wait(const struct timespec* deadline, const sigset_t* sig) {
 
 int RbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                       const sigset_t* sig) {
-  timespec deadline{};
-  if (timeout) {
-    deadline = mono_now();
-    deadline.tv_sec += timeout->tv_sec;
-    deadline.tv_nsec += timeout->tv_nsec;
-    if (deadline.tv_nsec >= 1000000000l) {
-      deadline.tv_sec++;
-      deadline.tv_nsec -= 1000000000l;
-    }
-  }
+  Deadline deadline(timeout);
   if (notified_) {
     // notify() made the fd readable for work now being reaped: reset it so
     // an event-driven caller does not wake for nothing.
@@ -227,7 +206,7 @@ int RbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
       ready_head_ = 0;
     }
     if (n >= wait_for || n >= budget) break;
-    int r = wait(timeout ? &deadline : nullptr, sig);
+    int r = wait(deadline.never() ? nullptr : &deadline, sig);
     if (r < 0) {
       err = r;
       break;

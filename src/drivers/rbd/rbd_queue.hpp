@@ -10,6 +10,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/clock.hpp"
 #include "core/driver.hpp"
 #include "core/fd.hpp"
 #include "drivers/rbd/rbd_handles.hpp"
@@ -53,7 +54,7 @@ class RbdQueue final : public DriverQueue {
   // Moves what librbd posted into ready_ (queue thread only).
   void collect();
   // Blocks until the eventfd is readable: 0, -ETIME or -EINTR.
-  int wait(const struct timespec* deadline, const sigset_t* sig);
+  int wait(const Deadline* deadline, const sigset_t* sig);
 
   std::shared_ptr<RbdImage> image_;
   UniqueFd efd_;

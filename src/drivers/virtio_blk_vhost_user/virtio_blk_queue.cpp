@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/clock.hpp"
+
 namespace blkstack {
 
 namespace {
@@ -15,12 +17,6 @@ constexpr uint8_t kStatusUnset = 0xff;  // a device that never wrote it: -EIO
 constexpr unsigned kSectorShift = 9;    // virtio-blk sectors are 512 bytes, whatever blk_size says
 
 uint64_t addr_of(const void* p) { return reinterpret_cast<uintptr_t>(p); }
-
-uint64_t mono_ns() {
-  timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return static_cast<uint64_t>(t.tv_sec) * 1000000000ull + static_cast<uint64_t>(t.tv_nsec);
-}
 
 int status_to_errno(uint8_t status) {
   switch (status) {
@@ -309,9 +305,7 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
   submit();
   unsigned n = reap(owner, budget);
   int err = 0;
-  const uint64_t deadline = timeout ? mono_ns() + static_cast<uint64_t>(timeout->tv_sec) * 1000000000ull +
-                                          static_cast<uint64_t>(timeout->tv_nsec)
-                                    : UINT64_MAX;
+  const Deadline deadline(timeout);
   for (unsigned spins = 0; n < wait_for;) {
     if (watch_.dead()) {
       // What the back-end finished before it went away is reaped above;
@@ -325,7 +319,7 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
     if (poll_) {
       // Poll queues busy-wait on the used ring; the clock only now and then.
       if (!vq_.has_used()) {
-        if ((++spins & 1023) == 0 && deadline != UINT64_MAX && mono_ns() >= deadline) {
+        if ((++spins & 1023) == 0 && deadline.passed()) {
           err = -ETIME;
           break;
         }
@@ -334,13 +328,8 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
     } else if (!vq_.arm_notifications()) {
       // Armed, and nothing arrived meanwhile: sleep until the back-end
       // signals. A signal left over from earlier wakes us once for nothing.
-      timespec left{};
-      if (deadline != UINT64_MAX) {
-        uint64_t now = mono_ns();
-        uint64_t rel = deadline > now ? deadline - now : 0;
-        left = {static_cast<time_t>(rel / 1000000000ull), static_cast<long>(rel % 1000000000ull)};
-      }
-      err = wait(deadline == UINT64_MAX ? nullptr : &left, sig);
+      timespec left = deadline.never() ? timespec{} : deadline.left();
+      err = wait(deadline.never() ? nullptr : &left, sig);
     }
     n += reap(owner, budget - n);
     submit();  // completions freed descriptors, and may have queued follow-ups

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/clock.hpp"
 #include "core/driver.hpp"
 
 namespace blkstack::nbd {
@@ -19,12 +20,6 @@ constexpr uint64_t kMaxQueuedOutput = 64 << 20;  // reply bytes waiting before i
 constexpr uint64_t kDirectRecvMin = 16 << 10;    // payloads this big are received in place
 constexpr uint64_t kHoleAwareReadMin = 64 << 10; // reads this big report holes as holes
 constexpr size_t kMaxIov = 1024;
-
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 }  // namespace
 
@@ -429,7 +424,7 @@ Connection::Request* Connection::new_request(const RequestHeader& h) {
   r->result = 0;
   r->then_flush = false;
   r->extents.clear();
-  r->start_ns = now_ns();
+  r->start_ns = mono_ns();
   in_flight_++;
   return r.release();
 }
@@ -699,7 +694,7 @@ void Connection::finish_request(Request* r, bool failed) {
     if (failed) StatsShard::add(stats_->errors, 1);
     if (!failed && r->h.type == kCmdRead) StatsShard::add(stats_->read_bytes, r->h.length);
     if (!failed && r->h.type == kCmdWrite) StatsShard::add(stats_->write_bytes, r->h.length);
-    stats_->record(now_ns() - r->start_ns);
+    stats_->record(mono_ns() - r->start_ns);
   }
   in_flight_--;
   bool held = !out_.empty() && out_.back().release == r;

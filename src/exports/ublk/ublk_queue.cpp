@@ -4,18 +4,11 @@
 
 #include <cstring>
 
+#include "core/clock.hpp"
 #include "core/fd.hpp"
 #include "spdlog/spdlog.h"
 
 namespace blkstack::ublk {
-
-namespace {
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-}  // namespace
 
 Queue::Queue(Reactor& reactor, BlockDevice::Lane& lane, Device& device, StatsShard& stats, const QueueSetup& setup)
     : reactor_(reactor), lane_(lane), device_(device), stats_(stats), setup_(setup), tags_(setup.depth) {
@@ -124,7 +117,7 @@ void Queue::on_cqe(Tag& t, int res, uint32_t) {
 
 void Queue::handle_request(Tag& t) {
   const IoDesc& d = descs_[t.tag];
-  t.start_ns = now_ns();
+  t.start_ns = mono_ns();
   uint8_t op = d.op_flags & 0xff;
   uint64_t len = static_cast<uint64_t>(d.nr_sectors) << 9;
   if (setup_.mode == CopyMode::kUser && (op == kOpRead || op == kOpWrite)) {
@@ -206,7 +199,7 @@ void Queue::commit(Tag& t, int result) {
   } else if (op == kOpWrite) {
     StatsShard::add(stats_.write_bytes, static_cast<uint64_t>(result));
   }
-  stats_.record(now_ns() - t.start_ns);
+  stats_.record(mono_ns() - t.start_ns);
   if (t.pooled) {
     lane_.pool.release(t.pooled);
     t.pooled = {};
