@@ -433,7 +433,9 @@ TEST(VhostUserDriver, ConnectErrorsAreClearAndBounded) {
   auto connect_to = [](const std::string& path, int timeout_s = 5) {
     auto d = Device::create(kDriver);
     EXPECT_TRUE(d.ok());
-    if (!path.empty()) EXPECT_TRUE((*d)->set_str("path", path).ok());
+    if (!path.empty()) {
+      EXPECT_TRUE((*d)->set_str("path", path).ok());
+    }
     EXPECT_TRUE((*d)->set("connect-timeout", PropValue(timeout_s)).ok());
     return (*d)->connect();
   };
