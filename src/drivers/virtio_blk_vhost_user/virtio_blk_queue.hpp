@@ -93,6 +93,7 @@ class VirtioBlkQueue final : public DriverQueue {
   // Sleeps until the call fd or the socket is ready, the timeout ends
   // (-ETIME) or a signal arrives (-EINTR). 0 otherwise.
   int wait(const struct timespec* timeout, const sigset_t* sig);
+  bool spin_for_used();
 
   vhost::VirtqueueDriver vq_;
   VirtioBlkReqHeader* headers_;
@@ -112,6 +113,14 @@ class VirtioBlkQueue final : public DriverQueue {
   std::vector<Failed> failed_;                   // finished without the device
   size_t failed_head_ = 0;
   uint32_t active_ = 0;                          // chains the device holds
+  // How long to spin on the used ring before sleeping, when the last wait
+  // was shorter than this. 10 us: below a wakeup round trip through the
+  // back-end at depth 1 (about 15-20 us with qemu-storage-daemon), so depth 1
+  // never spins; above the gap between completions at depth 32 (a few us).
+  // Measured on 2 shared cores: spinning at depth 1 (30 us) cost 40% of the
+  // IOPS, as the spinning front-end takes the back-end's CPU.
+  static constexpr uint64_t kSpinNs = 10000;
+  uint64_t last_wait_ns_ = UINT64_MAX;  // how long the last wait for a completion took
   bool fd_enabled_ = false;                      // the application waits on the completion fd
   bool dead_ = false;                            // the back-end is gone: fail everything
   DriverQueueStats stats_;
