@@ -45,7 +45,11 @@ class Qsd {
     EXPECT_GE(fd, 0);
     EXPECT_EQ(ftruncate(fd, static_cast<off_t>(o.size)), 0);
     close(fd);
-    std::vector<std::string> argv = {"qemu-storage-daemon", "--blockdev",
+    std::string pidfile = dir_ + "/pid";
+    // The pidfile is written after every export is listening; the socket
+    // file alone appears at bind(), a moment before listen() (a connect in
+    // between is refused).
+    std::vector<std::string> argv = {"qemu-storage-daemon", "--pidfile", pidfile, "--blockdev",
                                      "file,node-name=f,filename=" + img_};
     std::string node = "f";
     if (o.read_bps) {
@@ -61,10 +65,12 @@ class Qsd {
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
     if (posix_spawnp(&pid_, "qemu-storage-daemon", nullptr, nullptr, cargv.data(), environ) != 0) pid_ = -1;
-    // The socket appears once the export listens.
     for (int i = 0; i < 1000 && pid_ > 0; i++) {
-      struct stat st;
-      if (stat(sock_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return;
+      struct stat st, pf;
+      if (stat(pidfile.c_str(), &pf) == 0 && pf.st_size > 0 && stat(sock_.c_str(), &st) == 0 &&
+          S_ISSOCK(st.st_mode)) {
+        return;
+      }
       int status;
       if (waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
