@@ -362,7 +362,9 @@ int VirtioBlkQueue::process(Queue& owner, unsigned budget, unsigned wait_for, co
     if (err < 0) break;
   }
   if (n >= wait_for) err = 0;
-  if (watch_.dead() && !dead_) n += fail_everything(owner, budget - n);
+  // Also for callers that do not wait (event-driven ones), and for what an
+  // earlier call left over for lack of budget.
+  if (watch_.dead()) n += fail_everything(owner, budget - n);
   submit();
   if (!poll_) {
     if (fd_enabled_) {
