@@ -86,6 +86,7 @@ Status Device::start() {
     return error(-EINVAL, "At least one queue is required");
   }
   if (Status s = driver_->start(num_queues_, num_poll_queues_); !s) return s;
+  driver_->update_info(info_);
 
   void* zero = ::mmap(nullptr, kZeroBufferLen, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (zero == MAP_FAILED) return errno_error("mmap zero buffer");

@@ -121,6 +121,10 @@ class Driver {
     (void)num_poll_queues;
     return {};
   }
+  // Called once start() succeeded, before the queues copy the limits: for
+  // limits that depend on properties set after connect (virtio drivers:
+  // queue-size bounds the segments per request).
+  virtual void update_info(DeviceInfo&) const {}
   virtual Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) = 0;
 
   // A region was mapped/unmapped on the device; the driver may attach its own

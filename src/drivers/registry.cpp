@@ -10,6 +10,7 @@
 namespace blkstack {
 
 std::unique_ptr<Driver> make_null_driver();
+std::unique_ptr<Driver> make_virtio_blk_vhost_user_driver();
 
 namespace {
 
@@ -34,6 +35,7 @@ std::span<const DriverEntry> drivers() {
       {kNbd, &from_module<kNbd>},
       {"null", &builtin<&make_null_driver>},
       {kRbd, &from_module<kRbd>},
+      {"virtio-blk-vhost-user", &builtin<&make_virtio_blk_vhost_user_driver>},
   };
   return entries;
 }
