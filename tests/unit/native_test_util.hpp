@@ -2,6 +2,12 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <memory>
 #include <string>
@@ -12,6 +18,35 @@
 #include "blkstack/queue.hpp"
 
 namespace blkstack::test {
+
+// A Unix socket that accepts connections (the kernel's backlog does) and
+// never says a word: what a hung server looks like to a client.
+class MuteUnixServer {
+ public:
+  MuteUnixServer() {
+    char tmpl[] = "/tmp/blkstack-mute-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    path_ = dir_ + "/sock";
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path_.c_str(), sizeof(a.sun_path) - 1);
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::listen(fd_, 4), 0);
+  }
+  ~MuteUnixServer() {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  MuteUnixServer(const MuteUnixServer&) = delete;
+  MuteUnixServer& operator=(const MuteUnixServer&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string dir_, path_;
+  int fd_ = -1;
+};
 
 inline std::unique_ptr<Device> open_device(const std::string& driver,
                                            const std::vector<std::pair<std::string, std::string>>& props,

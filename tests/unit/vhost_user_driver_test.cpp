@@ -457,24 +457,13 @@ TEST(VhostUserDriver, ConnectErrorsAreClearAndBounded) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(500));
 
   // A back-end that accepts but never answers: connect-timeout bounds it.
-  char tmpl[] = "/tmp/blkstack-mute-XXXXXX";
-  std::string dir = mkdtemp(tmpl);
-  std::string path = dir + "/sock";
-  int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  strcpy(a.sun_path, path.c_str());
-  ASSERT_EQ(bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  ASSERT_EQ(listen(ls, 4), 0);
+  blkstack::test::MuteUnixServer mute;
   t0 = std::chrono::steady_clock::now();
-  s = connect_to(path, 1);
+  s = connect_to(mute.path(), 1);
   auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(s.code(), -ETIMEDOUT) << s.message();
   EXPECT_GE(took, std::chrono::milliseconds(900));
   EXPECT_LT(took, std::chrono::seconds(5));
-  close(ls);
-  unlink(path.c_str());
-  rmdir(dir.c_str());
 }
 
 TEST(VhostUserDriver, ReconnectAfterDestroy) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/driver.hpp"
+#include "drivers/common/driver_properties.hpp"
 #include "drivers/driver_module.hpp"
 #include "drivers/nbd/nbd_connection.hpp"
 #include "drivers/nbd/nbd_queue.hpp"
@@ -56,16 +57,8 @@ class NbdDriver final : public Driver {
 std::span<const DriverProperty> NbdDriver::properties() const {
   using namespace states;
   static const DriverProperty props[] = {
-      {"uri", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).uri_); },
-       [](Driver& d, const PropValue& v) {
-         self(d).uri_ = std::get<std::string>(v);
-         return Status{};
-       }},
-      {"export", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).export_); },
-       [](Driver& d, const PropValue& v) {
-         self(d).export_ = std::get<std::string>(v);
-         return Status{};
-       }},
+      str_property<NbdDriver, &NbdDriver::uri_>("uri"),
+      str_property<NbdDriver, &NbdDriver::export_>("export"),
       // Before start: what was asked (0 = automatic). After: what was made.
       {"connections", PropType::kInt, kAll, kCreated | kConnected,
        [](const Driver& d) {
@@ -78,14 +71,7 @@ std::span<const DriverProperty> NbdDriver::properties() const {
          self(d).connections_ = n;
          return Status{};
        }},
-      {"connect-timeout", PropType::kInt, kAll, kCreated,
-       [](const Driver& d) { return PropValue(self(d).connect_timeout_s_); },
-       [](Driver& d, const PropValue& v) {
-         int n = std::get<int>(v);
-         if (n < 0) return error(-EINVAL, "connect-timeout must be 0 (none) or a number of seconds");
-         self(d).connect_timeout_s_ = n;
-         return Status{};
-       }},
+      seconds_property<NbdDriver, &NbdDriver::connect_timeout_s_>("connect-timeout"),
       {"can-multi-conn", PropType::kBool, kAfterConnect, kNone,
        [](const Driver& d) { return PropValue(self(d).multi_conn_); }, nullptr},
   };

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <string>
 
+#include "drivers/common/driver_properties.hpp"
 #include "drivers/driver_module.hpp"
 #include "drivers/rbd/rbd_queue.hpp"
 
@@ -15,55 +16,20 @@ namespace blkstack {
 
 std::unique_ptr<Driver> RbdDriver::create() { return std::make_unique<RbdDriver>(); }
 
-namespace {
-
-// A string property settable until connect.
-#define RBD_STR_PROP(NAME, FIELD)                                                                       \
-  DriverProperty {                                                                                      \
-    NAME, PropType::kStr, states::kAll, states::kCreated,                                               \
-        [](const Driver& d) { return PropValue(RbdProperties::self(d).FIELD); },                        \
-        [](Driver& d, const PropValue& v) {                                                             \
-          RbdProperties::self(d).FIELD = std::get<std::string>(v);                                      \
-          return Status{};                                                                              \
-        }                                                                                               \
-  }
-
-// A timeout in seconds, settable until connect.
-#define RBD_SECONDS_PROP(NAME, FIELD)                                                                   \
-  DriverProperty {                                                                                      \
-    NAME, PropType::kInt, states::kAll, states::kCreated,                                               \
-        [](const Driver& d) { return PropValue(RbdProperties::self(d).FIELD); },                        \
-        [](Driver& d, const PropValue& v) {                                                             \
-          int s = std::get<int>(v);                                                                     \
-          if (s < 0) return error(-EINVAL, NAME " must be 0 or more seconds");                        \
-          RbdProperties::self(d).FIELD = s;                                                             \
-          return Status{};                                                                              \
-        }                                                                                               \
-  }
-
-}  // namespace
-
-struct RbdProperties {
-  static RbdDriver& self(Driver& d) { return static_cast<RbdDriver&>(d); }
-  static const RbdDriver& self(const Driver& d) { return static_cast<const RbdDriver&>(d); }
-
-  static std::span<const DriverProperty> table() {
-    static const DriverProperty props[] = {
-        RBD_STR_PROP("conf", conf_),
-        RBD_SECONDS_PROP("connect-timeout", connect_timeout_),
-        RBD_STR_PROP("image", image_name_),
-        RBD_STR_PROP("keyring", keyring_),
-        RBD_STR_PROP("namespace", namespace_),
-        RBD_SECONDS_PROP("op-timeout", op_timeout_),
-        RBD_STR_PROP("pool", pool_),
-        RBD_STR_PROP("snapshot", snapshot_),
-        RBD_STR_PROP("user", user_),
-    };
-    return props;
-  }
-};
-
-std::span<const DriverProperty> RbdDriver::properties() const { return RbdProperties::table(); }
+std::span<const DriverProperty> RbdDriver::properties() const {
+  static const DriverProperty props[] = {
+      str_property<RbdDriver, &RbdDriver::conf_>("conf"),
+      seconds_property<RbdDriver, &RbdDriver::connect_timeout_>("connect-timeout"),
+      str_property<RbdDriver, &RbdDriver::image_name_>("image"),
+      str_property<RbdDriver, &RbdDriver::keyring_>("keyring"),
+      str_property<RbdDriver, &RbdDriver::namespace_>("namespace"),
+      seconds_property<RbdDriver, &RbdDriver::op_timeout_>("op-timeout"),
+      str_property<RbdDriver, &RbdDriver::pool_>("pool"),
+      str_property<RbdDriver, &RbdDriver::snapshot_>("snapshot"),
+      str_property<RbdDriver, &RbdDriver::user_>("user"),
+  };
+  return props;
+}
 
 Status RbdDriver::open(const std::shared_ptr<RbdImage>& imgp, bool read_only) {
   RbdImage& img = *imgp;

@@ -20,7 +20,6 @@ class RbdDriver final : public Driver {
   Result<std::unique_ptr<DriverQueue>> create_queue(bool poll) override;
 
  private:
-  friend struct RbdProperties;
   // Connects to the cluster and opens the image into img; errors name what
   // failed (conf, monitor, pool, image, snapshot).
   Status open(const std::shared_ptr<RbdImage>& img, bool read_only);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "core/driver.hpp"
+#include "drivers/common/driver_properties.hpp"
 #include "drivers/virtio_blk_vhost_user/backend_watch.hpp"
 #include "drivers/virtio_blk_vhost_user/blk_config.hpp"
 #include "drivers/virtio_blk_vhost_user/shared_memory.hpp"
@@ -99,21 +100,10 @@ class VirtioBlkVhostUserDriver final : public Driver {
 std::span<const DriverProperty> VirtioBlkVhostUserDriver::properties() const {
   using namespace states;
   static const DriverProperty props[] = {
-      {"path", PropType::kStr, kAll, kCreated, [](const Driver& d) { return PropValue(self(d).path_); },
-       [](Driver& d, const PropValue& v) {
-         self(d).path_ = std::get<std::string>(v);
-         return Status{};
-       }},
+      str_property<VirtioBlkVhostUserDriver, &VirtioBlkVhostUserDriver::path_>("path"),
       // Beyond blkio(3), as for the nbd driver: bounds connecting and every
       // control-path reply, so a mute back-end is an error, not a hang.
-      {"connect-timeout", PropType::kInt, kAll, kCreated,
-       [](const Driver& d) { return PropValue(self(d).connect_timeout_s_); },
-       [](Driver& d, const PropValue& v) {
-         int n = std::get<int>(v);
-         if (n < 0) return error(-EINVAL, "connect-timeout must be 0 (none) or a number of seconds");
-         self(d).connect_timeout_s_ = n;
-         return Status{};
-       }},
+      seconds_property<VirtioBlkVhostUserDriver, &VirtioBlkVhostUserDriver::connect_timeout_s_>("connect-timeout"),
       {"max-queue-size", PropType::kInt, kAfterConnect, kNone, [](const Driver&) { return PropValue(kMaxQueueSize); },
        nullptr},
       {"queue-size", PropType::kInt, kAfterConnect, kConnected,
