@@ -17,22 +17,13 @@
 set -euo pipefail
 TEST_NAME=vhost_user_blk
 source "$(dirname "$0")/lib.sh"
-setup_build "${1:-}"
-need_pkgs gcc:gcc jq:jq python3:python3 /usr/share/keyrings/debian-archive-keyring.gpg:debian-archive-keyring
-make_workdir
-BLKSTACK=$BLKSTACK_BUILD/tools/blkstack/blkstack
-[[ -x $BLKSTACK ]] || die "$BLKSTACK is missing: build first"
+source "$(dirname "$0")/vhost_lib.sh"
+need_pkgs python3:python3
 
 step "real libblkio 1.5 and its examples"
-REAL=$("$REPO_ROOT/scripts/libblkio-dev.sh" "${BLKSTACK_LIBBLKIO_DIR:-/var/cache/blkstack/libblkio}") ||
-    die "could not fetch libblkio-dev"
-REAL_LIBDIR=$REAL/usr/lib/x86_64-linux-gnu
-BIN=$WORK/bin; mkdir -p "$BIN"
-for prog in blkio-copy blkio-bench; do
-    gcc -std=gnu11 -O2 -I"$REAL/usr/include" -o "$BIN/$prog" "$REAL/usr/share/doc/libblkio-dev/examples/$prog.c" \
-        -L"$REAL_LIBDIR" -lblkio -lpthread 2>/dev/null || die "$prog does not build against real libblkio"
-done
-real() { LD_LIBRARY_PATH=$REAL_LIBDIR "$@"; }
+vhost_setup "${1:-}"
+# The examples on real libblkio, bounded like every vhost_lib client run.
+real() { blkio_run real "$@"; }
 pass "blkio-copy and blkio-bench built against real libblkio ($(readlink -f "$REAL_LIBDIR/libblkio.so.1"))"
 
 SHM=$(mktemp -d /dev/shm/blkstack-interop.XXXXXX)
@@ -63,31 +54,30 @@ pass "daemon pid $DPID"
 
 step "blkio-copy: 64 MiB of random data through the export and back"
 t0=$EPOCHREALTIME
-real timeout 120 "$BIN/blkio-copy" "--input-file=$SRC" --output-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" ||
+real blkio-copy "--input-file=$SRC" --output-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" ||
     die "blkio-copy into the export failed"
 assert_same_file "$SRC" "$DISK" "written through the export: backing file == source [$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%d ms", (b-a)*1000}')]"
 : > "$WORK/back.img"
-real timeout 120 "$BIN/blkio-copy" --input-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" "--output-file=$WORK/back.img" ||
+real blkio-copy --input-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" "--output-file=$WORK/back.img" ||
     die "blkio-copy out of the export failed"
 assert_same_file "$SRC" "$WORK/back.img" "read back through the export == source"
 
 step "two queues"
-real timeout 60 "$BIN/blkio-bench" --runtime=1 --readwrite=randwrite --iodepth=8 --num-threads=2 \
-    virtio-blk-vhost-user "path=$WORK/rw.sock" > "$WORK/bench2.json" || die "blkio-bench with 2 threads failed"
+libblkio_bench_vhost real "$WORK/rw.sock" randwrite 4096 8 1 --num-threads=2 || die "blkio-bench with 2 threads failed"
 reply=$(ctl '{"cmd":"stats","id":"rw"}')
 jq -e '.exports[0].queue_requests | length == 2 and all(.[]; . > 0)' <<<"$reply" >/dev/null ||
     die "not both queues served: $reply"
 jq -e '.exports[0].stats | .requests > 0 and .errors == 0 and .write_bytes > 0' <<<"$reply" >/dev/null ||
     die "stats look wrong: $reply"
-pass "both queues served: $(jq -c '.exports[0].queue_requests' <<<"$reply") requests, $(jq -r '.aggregate.kiops' "$WORK/bench2.json") kIOPS randwrite"
+pass "both queues served: $(jq -c '.exports[0].queue_requests' <<<"$reply") requests, $BENCH_IOPS IOPS randwrite"
 
 step "readonly=on"
 : > "$WORK/ro.back"
-real timeout 60 "$BIN/blkio-copy" --input-blkio=virtio-blk-vhost-user "path=$WORK/ro.sock" read-only=true "--output-file=$WORK/ro.back" ||
+real blkio-copy --input-blkio=virtio-blk-vhost-user "path=$WORK/ro.sock" read-only=true "--output-file=$WORK/ro.back" ||
     die "reading the readonly export failed"
 assert_same_file "$RO" "$WORK/ro.back" "readonly export reads"
 ro_sum=$(sha "$RO")
-if real timeout 60 "$BIN/blkio-copy" "--input-file=$OTHER" --output-blkio=virtio-blk-vhost-user "path=$WORK/ro.sock" \
+if real blkio-copy "--input-file=$OTHER" --output-blkio=virtio-blk-vhost-user "path=$WORK/ro.sock" \
         > "$WORK/ro.out" 2>&1; then
     die "writing to the readonly export succeeded"
 fi
@@ -102,11 +92,11 @@ step "a hostile front-end"
 python3 "$INTEROP_DIR/vhost_user_blk_bad_input.py" "$WORK/rw.sock" "$DISK" rw || die "hostile front-end checks failed"
 alive "after the hostile front-end"
 : > "$WORK/other.back"
-real timeout 60 "$BIN/blkio-copy" --input-blkio=virtio-blk-vhost-user "path=$WORK/other.sock" "--output-file=$WORK/other.back" ||
+real blkio-copy --input-blkio=virtio-blk-vhost-user "path=$WORK/other.sock" "--output-file=$WORK/other.back" ||
     die "the other export stopped working"
 assert_same_file "$OTHER" "$WORK/other.back" "another export still works"
 : > "$WORK/back2.img"
-real timeout 120 "$BIN/blkio-copy" --input-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" "--output-file=$WORK/back2.img" ||
+real blkio-copy --input-blkio=virtio-blk-vhost-user "path=$WORK/rw.sock" "--output-file=$WORK/back2.img" ||
     die "the attacked export no longer serves"
 assert_same_file "$DISK" "$WORK/back2.img" "the attacked export serves the next front-end (== its backing file)"
 
@@ -116,7 +106,7 @@ jq -e '.ok' <<<"$(ctl '{"cmd":"remove-export","id":"other"}')" >/dev/null || die
 jq -e '.ok' <<<"$(ctl "{\"cmd\":\"add-export\",\"spec\":\"vhost-user-blk,blockdev=d2,id=other,socket=$WORK/other.sock\"}")" >/dev/null ||
     die "add-export failed"
 : > "$WORK/other.back"
-real timeout 60 "$BIN/blkio-copy" --input-blkio=virtio-blk-vhost-user "path=$WORK/other.sock" "--output-file=$WORK/other.back" ||
+real blkio-copy --input-blkio=virtio-blk-vhost-user "path=$WORK/other.sock" "--output-file=$WORK/other.back" ||
     die "the re-added export does not serve"
 assert_same_file "$OTHER" "$WORK/other.back" "export removed and added again over the control socket"
 alive "at the end"
