@@ -9,7 +9,7 @@ BUILD=${1:?usage: run.sh BUILD_DIR SECONDS}
 SECONDS_EACH=${2:?usage: run.sh BUILD_DIR SECONDS}
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/nbd-fuzz.XXXXXX")
-TARGETS=(nbd_handshake_fuzz nbd_request_fuzz vhost_user_fuzz vhost_virtqueue_fuzz)
+TARGETS=(nbd_handshake_fuzz nbd_request_fuzz vhost_user_fuzz vhost_virtqueue_fuzz vhost_driver_ring_fuzz)
 
 pids=()
 for t in "${TARGETS[@]}"; do
