@@ -363,17 +363,19 @@ libblkio_bench_vhost() {  # CLIENT SOCK RW BS DEPTH SECONDS [OPTS...] -> $BENCH_
     shift 6
     BENCH_IOPS=""
     local attempt
-    for attempt in 1 2; do
+    for attempt in 1 2 3; do
         rc=0
         vhost_qsd_retry "$sock" blkio_run "$client" blkio-bench --runtime="$secs" --iodepth="$depth" \
             --blocksize="$bs" --readwrite="$rw" "$@" virtio-blk-vhost-user "path=$sock" \
             >"$WORK/bench.last.json" 2>"$WORK/bench.last.err" || rc=$?
-        # blkio-bench aborts when one completion takes over 500 ms, which a
-        # CI machine busy compiling can cause with any client and server: one
-        # more try. A completion really lost would time out again.
-        [[ $rc -ne 0 ]] && grep -q "Timeout receiving completion event" "$WORK/bench.last.err" && [[ $attempt == 1 ]] ||
+        # blkio-bench aborts when one completion takes over 500 ms. CI saw it
+        # twice in a row at depth 32 on 2 threads, once with real libblkio on
+        # qsd and once with ours on qsd, never in 25 quiet runs by hand: up to
+        # three tries, each logged. A completion really lost times out every
+        # time, and still fails the test.
+        [[ $rc -ne 0 ]] && grep -q "Timeout receiving completion event" "$WORK/bench.last.err" && [[ $attempt -lt 3 ]] ||
             break
-        log "blkio-bench: a completion took over 500 ms (its own bound; machine under load?): once more"
+        log "blkio-bench: no completion event within its own 500 ms bound (try $attempt of 3): again"
     done
     if [[ $rc -ne 0 ]]; then
         cat "$WORK/bench.last.err" >&2
