@@ -11,6 +11,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -47,6 +48,16 @@ class MuteUnixServer {
   std::string dir_, path_;
   int fd_ = -1;
 };
+
+// A property read through the native API, its type from T (bool, int,
+// uint64_t); a failed read is a test failure and returns T{}.
+template <typename T>
+T prop(Device& d, const char* name) {
+  PropType t = std::is_same_v<T, bool> ? PropType::kBool : std::is_same_v<T, int> ? PropType::kInt : PropType::kUint64;
+  auto v = d.get(name, t);
+  EXPECT_TRUE(v.ok()) << name << ": " << v.status().message();
+  return v ? std::get<T>(*v) : T{};
+}
 
 inline std::unique_ptr<Device> open_device(const std::string& driver,
                                            const std::vector<std::pair<std::string, std::string>>& props,

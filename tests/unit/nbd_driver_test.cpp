@@ -23,6 +23,7 @@ extern char** environ;
 
 using namespace blkstack;
 using blkstack::test::pattern;
+using blkstack::test::prop;
 using blkstack::test::wait_one;
 
 namespace {
@@ -72,14 +73,6 @@ std::unique_ptr<Device> connect_nbd(const std::string& uri, std::vector<std::pai
                                     int queues = 1) {
   extra.insert(extra.begin(), {"uri", uri});
   return blkstack::test::open_device("nbd", extra, queues);
-}
-
-template <typename T>
-T prop(Device& d, const char* name) {
-  PropType t = std::is_same_v<T, bool> ? PropType::kBool : std::is_same_v<T, int> ? PropType::kInt : PropType::kUint64;
-  auto v = d.get(name, t);
-  EXPECT_TRUE(v.ok()) << name << ": " << v.status().message();
-  return v ? std::get<T>(*v) : T{};
 }
 
 Status connect_only(const std::string& uri, std::vector<std::pair<std::string, std::string>> props = {}) {

@@ -18,6 +18,7 @@ using namespace blkstack;
 using blkstack::test::pattern;
 using blkstack::test::Qsd;
 using blkstack::test::QsdOptions;
+using blkstack::test::prop;
 using blkstack::test::wait_one;
 
 namespace {
@@ -43,14 +44,6 @@ std::unique_ptr<Device> open_vhost(const Qsd& qsd, int queues = 1, int poll_queu
   EXPECT_TRUE(s.ok()) << s.message();
   if (!s) return nullptr;
   return std::move(d.value());
-}
-
-template <typename T>
-T prop(Device& d, const char* name) {
-  PropType t = std::is_same_v<T, bool> ? PropType::kBool : std::is_same_v<T, int> ? PropType::kInt : PropType::kUint64;
-  auto v = d.get(name, t);
-  EXPECT_TRUE(v.ok()) << name << ": " << v.status().message();
-  return v ? std::get<T>(*v) : T{};
 }
 
 // A mapped memory region from blkio_alloc_mem_region()'s native twin.
