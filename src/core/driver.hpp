@@ -27,6 +27,7 @@ struct DriverQueueStats {
   uint64_t submit_calls = 0;     // system calls that handed requests to the kernel
   uint64_t fixed_buffer_ops = 0; // data requests issued with registered buffers
   uint64_t plain_ops = 0;        // data requests issued without
+  uint64_t inline_ops = 0;       // data requests done by the calling thread itself (memory-backed files)
 };
 
 // The slot, operation and flags of a plain read or write, packed into one

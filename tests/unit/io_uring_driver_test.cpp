@@ -2,6 +2,7 @@
 // devices: data, FUA, flush, write-zeroes modes, discard, fixed buffers and
 // batched submission.
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <linux/loop.h>
 
@@ -22,18 +23,33 @@ namespace {
 struct Case {
   const char* dir;
   bool direct;
+  bool ring_only = false;  // memory files: every request through the ring, none inline
 };
+
+constexpr const char* kInlineEnv = "BLKSTACK_IO_URING_INLINE_MAX";
+
+// Opens an io_uring device with the inline limit given (nullptr: the default).
+std::unique_ptr<Device> open_with_inline_max(const std::string& path, const char* inline_max, bool direct = false) {
+  if (inline_max) setenv(kInlineEnv, inline_max, 1);
+  auto dev = open_device("io_uring", {{"path", path}, {"direct", direct ? "true" : "false"}});
+  unsetenv(kInlineEnv);
+  return dev;
+}
 
 class IoUringFile : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
     file_ = std::make_unique<TempFile>(4 << 20, GetParam().dir);
-    dev_ = open_device("io_uring", {{"path", file_->path()}, {"direct", GetParam().direct ? "true" : "false"}});
+    dev_ = open_with_inline_max(file_->path(), GetParam().ring_only ? "0" : nullptr, GetParam().direct);
     ASSERT_TRUE(dev_);
     q_ = dev_->queue(0);
     buf_ = static_cast<char*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   }
   void TearDown() override { munmap(buf_, 1 << 20); }
+
+  // Small reads and writes of files in memory are done by the calling
+  // thread (see IoUringTarget::inline_max) unless the test turned that off.
+  bool inline_io() const { return std::string(GetParam().dir) == "/dev/shm" && !GetParam().ring_only; }
 
   std::unique_ptr<TempFile> file_;
   std::unique_ptr<Device> dev_;
@@ -179,7 +195,7 @@ TEST_P(IoUringFile, DiscardPunchesHole) {
 
 TEST_P(IoUringFile, MappedRegionsUseFixedBuffers) {
   MemRegion r{};
-  ASSERT_TRUE(dev_->alloc_mem_region(r, 1 << 16).ok());
+  ASSERT_TRUE(dev_->alloc_mem_region(r, 1 << 17).ok());
   ASSERT_TRUE(dev_->map_mem_region(r).ok());
   auto before = q_->driver_queue().stats();
   q_->read(0, r.addr, 4096, nullptr, 0);
@@ -187,13 +203,25 @@ TEST_P(IoUringFile, MappedRegionsUseFixedBuffers) {
   q_->write(0, static_cast<char*>(r.addr) + 4096, 4096, nullptr, 0);
   ASSERT_EQ(wait_one(*q_).ret, 0);
   auto mid = q_->driver_queue().stats();
-  EXPECT_EQ(mid.fixed_buffer_ops - before.fixed_buffer_ops, 2u);
+  if (inline_io()) {
+    // Done with pread/pwrite by this thread: no opcode at all.
+    EXPECT_EQ(mid.inline_ops - before.inline_ops, 2u);
+    EXPECT_EQ(mid.fixed_buffer_ops, before.fixed_buffer_ops);
+    // Too big for the inline path: through the ring, with the fixed buffer.
+    q_->read(0, r.addr, 1 << 17, nullptr, 0);
+    ASSERT_EQ(wait_one(*q_).ret, 0);
+    EXPECT_EQ(q_->driver_queue().stats().fixed_buffer_ops - mid.fixed_buffer_ops, 1u);
+    mid = q_->driver_queue().stats();
+  } else {
+    EXPECT_EQ(mid.fixed_buffer_ops - before.fixed_buffer_ops, 2u);
+    EXPECT_EQ(mid.inline_ops, 0u);
+  }
   EXPECT_EQ(mid.plain_ops, before.plain_ops);
   // Unmapped memory uses the plain opcodes.
   q_->read(0, buf_, 4096, nullptr, 0);
   ASSERT_EQ(wait_one(*q_).ret, 0);
   auto after = q_->driver_queue().stats();
-  EXPECT_EQ(after.plain_ops - mid.plain_ops, 1u);
+  EXPECT_EQ(after.plain_ops - mid.plain_ops, inline_io() ? 0u : 1u);
   // After unmapping, the region's memory is plain memory again.
   dev_->unmap_mem_region(r);
   q_->read(0, r.addr, 4096, nullptr, 0);
@@ -209,7 +237,10 @@ TEST_P(IoUringFile, OneSubmitPerDoIo) {
   Completion c[32];
   int got = q_->do_io(c, 32, 32, nullptr);
   EXPECT_EQ(got, 32);
-  EXPECT_EQ(q_->driver_queue().stats().submit_calls - before.submit_calls, 1u);
+  auto after = q_->driver_queue().stats();
+  // Inline requests never reach the kernel's ring.
+  EXPECT_EQ(after.submit_calls - before.submit_calls, inline_io() ? 0u : 1u);
+  EXPECT_EQ(after.inline_ops - before.inline_ops, inline_io() ? 32u : 0u);
 }
 
 TEST_P(IoUringFile, MoreRequestsThanRingEntries) {
@@ -225,10 +256,11 @@ TEST_P(IoUringFile, MoreRequestsThanRingEntries) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, IoUringFile,
-                         ::testing::Values(Case{"/dev/shm", false}, Case{"/var/tmp", false}, Case{"/var/tmp", true}),
+                         ::testing::Values(Case{"/dev/shm", false}, Case{"/dev/shm", false, true},
+                                           Case{"/var/tmp", false}, Case{"/var/tmp", true}),
                          [](const auto& info) {
                            return std::string(info.param.dir[5] == 's' ? "tmpfs" : "disk") +
-                                  (info.param.direct ? "_direct" : "_buffered");
+                                  (info.param.direct ? "_direct" : "_buffered") + (info.param.ring_only ? "_ring" : "");
                          });
 
 TEST(IoUringDirect, AlignmentFromTheFileSystem) {
@@ -240,6 +272,138 @@ TEST(IoUringDirect, AlignmentFromTheFileSystem) {
   EXPECT_EQ(dev->info().mem_region_alignment % static_cast<uint64_t>(dev->info().buf_alignment), 0u);
   auto buffered = open_device("io_uring", {{"path", f.path()}});
   EXPECT_EQ(buffered->info().request_alignment, 1);
+}
+
+// ---- files in memory: small reads and writes done by the calling thread ----
+
+namespace {
+struct InlineFixture {
+  explicit InlineFixture(uint64_t size, const char* dir = "/dev/shm", const char* inline_max = nullptr)
+      : file(size, dir), dev(open_with_inline_max(file.path(), inline_max)) {
+    buf = static_cast<char*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  }
+  ~InlineFixture() { munmap(buf, 1 << 20); }
+  Queue& q() { return *dev->queue(0); }
+  DriverQueueStats stats() { return q().driver_queue().stats(); }
+  TempFile file;
+  std::unique_ptr<Device> dev;
+  char* buf;
+};
+}  // namespace
+
+TEST(IoUringInline, OnlySmallRequestsOnMemoryFilesSkipTheRing) {
+  InlineFixture f(4 << 20);
+  ASSERT_TRUE(f.dev);
+  auto s0 = f.stats();
+  std::string data = pattern(65536, 21);
+  memcpy(f.buf, data.data(), data.size());
+  f.q().write(4096, f.buf, data.size(), nullptr, kReqFua);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  memset(f.buf, 0, data.size());
+  f.q().read(4096, f.buf, data.size(), nullptr, 0);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  EXPECT_EQ(memcmp(f.buf, data.data(), data.size()), 0);
+  EXPECT_EQ(memcmp(f.file.contents().data() + 4096, data.data(), data.size()), 0);
+  auto s1 = f.stats();
+  EXPECT_EQ(s1.inline_ops - s0.inline_ops, 2u);
+  EXPECT_EQ(s1.submit_calls, s0.submit_calls);
+  // One byte over the limit: the ring.
+  f.q().read(0, f.buf, 65536 + 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  auto s2 = f.stats();
+  EXPECT_EQ(s2.inline_ops, s1.inline_ops);
+  EXPECT_EQ(s2.plain_ops - s1.plain_ops, 1u);
+  EXPECT_EQ(memcmp(f.buf + 4096, data.data(), data.size()), 0);
+}
+
+TEST(IoUringInline, DiskFilesAndTheSwitchKeepTheRing) {
+  InlineFixture disk(1 << 20, "/var/tmp");
+  ASSERT_TRUE(disk.dev);
+  disk.q().read(0, disk.buf, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(disk.q()).ret, 0);
+  EXPECT_EQ(disk.stats().inline_ops, 0u);
+  EXPECT_EQ(disk.stats().plain_ops, 1u);
+  InlineFixture off(1 << 20, "/dev/shm", "0");
+  ASSERT_TRUE(off.dev);
+  off.q().read(0, off.buf, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(off.q()).ret, 0);
+  EXPECT_EQ(off.stats().inline_ops, 0u);
+  InlineFixture big(1 << 20, "/dev/shm", "1048576");
+  ASSERT_TRUE(big.dev);
+  big.q().read(0, big.buf, 1 << 20, nullptr, 0);
+  ASSERT_EQ(wait_one(big.q()).ret, 0);
+  EXPECT_EQ(big.stats().inline_ops, 1u);
+}
+
+// A submit-only do_io() (max_completions 0) finishes inline requests with
+// nowhere to put them: the completion fd must still say so, or an
+// event-driven caller would sleep forever.
+TEST(IoUringInline, CompletionFdFiresForCompletionsNotYetReaped) {
+  InlineFixture f(1 << 20);
+  ASSERT_TRUE(f.dev);
+  Queue& q = f.q();
+  q.set_completion_fd_enabled(true);
+  const int fd = q.completion_fd();
+  ASSERT_GE(fd, 0);
+  uint64_t junk;
+  while (read(fd, &junk, sizeof junk) == sizeof junk) {
+  }
+  int tag = 7;
+  q.write(0, f.buf, 4096, &tag, 0);
+  q.read(8192, f.buf + 8192, 4096, &tag, 0);
+  ASSERT_EQ(q.do_io(nullptr, 0, 0, nullptr), 0);
+  EXPECT_EQ(f.stats().inline_ops, 2u);
+  struct pollfd p {fd, POLLIN, 0};
+  ASSERT_EQ(poll(&p, 1, 2000), 1) << "no wakeup for inline completions";
+  ASSERT_EQ(read(fd, &junk, sizeof junk), static_cast<ssize_t>(sizeof junk));
+  Completion c[2];
+  ASSERT_EQ(q.do_io(c, 0, 2, nullptr), 2);
+  EXPECT_EQ(c[0].ret, 0);
+  EXPECT_EQ(c[1].ret, 0);
+  EXPECT_EQ(c[0].user_data, &tag);
+  EXPECT_EQ(q.outstanding(), 0u);
+  // Room for one of two: the other waits, and the fd says so again.
+  q.read(0, f.buf, 4096, nullptr, 0);
+  q.read(4096, f.buf, 4096, nullptr, 0);
+  ASSERT_EQ(q.do_io(c, 1, 1, nullptr), 1);
+  ASSERT_EQ(poll(&p, 1, 2000), 1);
+  ASSERT_EQ(q.do_io(c, 1, 1, nullptr), 1);
+  EXPECT_EQ(q.outstanding(), 0u);
+}
+
+// Reading past the end of a file that can grow reads zeroes, as through the
+// ring; errors come back as error completions.
+TEST(IoUringInline, PastTheEndReadsZeroesAndErrorsComplete) {
+  InlineFixture f(4096);
+  ASSERT_TRUE(f.dev);
+  f.file.write_at(0, std::string(4096, 'x'));
+  memset(f.buf, 0x55, 16384);
+  f.q().read(0, f.buf, 8192, nullptr, 0);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  EXPECT_EQ(std::string(f.buf, 4096), std::string(4096, 'x'));
+  EXPECT_EQ(std::string(f.buf + 4096, 4096), std::string(4096, '\0'));
+  memset(f.buf, 0x55, 16384);
+  struct iovec iov[2] = {{f.buf, 2048}, {f.buf + 8192, 4096}};
+  f.q().readv(2048, iov, 2, nullptr, 0);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  EXPECT_EQ(std::string(f.buf, 2048), std::string(2048, 'x'));
+  EXPECT_EQ(std::string(f.buf + 8192, 4096), std::string(4096, '\0'));
+  // Vectored writes too, then a write that extends the file.
+  struct iovec w[2] = {{f.buf + 8192, 1024}, {f.buf, 1024}};
+  f.q().writev(0, w, 2, nullptr, kReqFua);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  f.q().write(1 << 20, f.buf, 4096, nullptr, 0);
+  ASSERT_EQ(wait_one(f.q()).ret, 0);
+  auto contents = f.file.contents();
+  ASSERT_EQ(contents.size(), (1u << 20) + 4096);
+  EXPECT_EQ(std::string(contents.data(), 1024), std::string(1024, '\0'));
+  EXPECT_EQ(std::string(contents.data() + 1024, 1024), std::string(1024, 'x'));
+  EXPECT_EQ(f.stats().inline_ops, 4u);
+  // A buffer the kernel cannot write to: -EFAULT as a completion, no crash.
+  void* ro = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  f.q().read(0, ro, 4096, nullptr, 0);
+  EXPECT_EQ(wait_one(f.q()).ret, -EFAULT);
+  munmap(ro, 4096);
 }
 
 TEST(IoUringEntries, TooManyEntriesFailsStart) {

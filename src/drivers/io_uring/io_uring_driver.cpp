@@ -4,7 +4,10 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +19,41 @@
 #include "drivers/io_uring/io_uring_queue.hpp"
 
 namespace blkstack {
+
+namespace {
+
+// Up to this size a copy in the calling thread beats handing the request to
+// a worker thread (measured in bench/RESULTS.md); beyond it the workers'
+// parallelism is worth their hand-off.
+constexpr uint32_t kDefaultInlineMax = 64 * 1024;
+
+// Files that live in memory (tmpfs, shmem and memfd, ramfs) are read and
+// written by a memory copy that never waits for a device. io_uring does a
+// read or write in the submitting thread only for files that promise not to
+// block (FMODE_NOWAIT); where the kernel makes no such promise for these
+// files (RWF_NOWAIT fails with EOPNOTSUPP: Linux 6.1 to 6.18 at least) it
+// hands every request to an io-wq worker thread, which costs a wakeup and
+// two context switches around a copy of a microsecond or so. For those we
+// do the copy ourselves. Kernels that can do it inline keep the ring.
+// BLKSTACK_IO_URING_INLINE_MAX (bytes; 0: never) overrides the size limit,
+// for measurements.
+uint32_t inline_io_max(int fd) {
+  struct statfs sf {};
+  if (::fstatfs(fd, &sf) != 0) return 0;
+  if (sf.f_type != TMPFS_MAGIC && sf.f_type != RAMFS_MAGIC) return 0;
+  char byte;
+  struct iovec iov {&byte, 1};
+  if (::preadv2(fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP) return 0;
+  uint64_t limit = kDefaultInlineMax;
+  if (const char* env = std::getenv("BLKSTACK_IO_URING_INLINE_MAX")) {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(env, &end, 0);
+    if (end != env && *end == '\0') limit = std::min<unsigned long long>(v, 1u << 30);
+  }
+  return static_cast<uint32_t>(limit);
+}
+
+}  // namespace
 
 std::unique_ptr<Driver> IoUringDriver::create() { return std::make_unique<IoUringDriver>(); }
 
@@ -147,7 +185,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   }
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
-  target_ = IoUringTarget{raw, is_block, direct, !is_block};
+  target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw)};
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);
 

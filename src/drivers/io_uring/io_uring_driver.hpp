@@ -18,6 +18,11 @@ struct IoUringTarget {
   // Regular files grow: reads past the end read zeroes, writes past it
   // extend the file (as real libblkio's io_uring driver does).
   bool can_grow = false;
+  // Reads and writes of at most this many bytes are done by the thread that
+  // calls do_io(), with pread/pwrite, instead of through the ring; 0: none.
+  // Only for files in memory (tmpfs, shmem, ramfs) on kernels whose io_uring
+  // cannot read them without a worker thread, see inline_io_max().
+  uint32_t inline_max = 0;
 };
 
 // How many mapped regions get an io_uring fixed-buffer slot; regions beyond

@@ -5,6 +5,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -31,6 +33,10 @@ Status IoUringQueue::init(unsigned entries) {
   sq_mask_ = ring->sq.ring_mask;
 
   if (target_.can_grow) fast_read_end_ = 0;  // looked up on the first read
+  if (!poll_ && target_.inline_max > 0) {
+    inline_max_ = target_.inline_max;
+    inline_.reserve(entries);
+  }
   sqe_fd_ = target_.fd;
   if (io_uring_register_files(ring, &target_.fd, 1) == 0) {
     sqe_fd_ = 0;
@@ -140,8 +146,8 @@ void zero_iov_tail(const struct iovec* iov, int iovcnt, uint64_t from) {
 void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
   io_uring_sq& sq = ring_.get()->sq;
   const unsigned tail = sq.sqe_tail;
-  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || (offset + len > fast_read_end_ && tag.op() != Op::kWrite))
-      [[unlikely]] {
+  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || len <= inline_max_ ||
+      (offset + len > fast_read_end_ && tag.op() != Op::kWrite)) [[unlikely]] {
     return enqueue_rw_slow(tag, offset, buf, len, region);
   }
   sq.sqe_tail = tail + 1;
@@ -163,6 +169,11 @@ void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t le
 
 void IoUringQueue::enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
                                    const MappedRegion* region) {
+  if (len <= inline_max_ && len > 0) {
+    inline_.push_back({tag.slot(), static_cast<uint32_t>(len), tag.op() == Op::kWrite, (tag.flags() & kReqFua) != 0,
+                       0, offset, buf, nullptr});
+    return;
+  }
   if (target_.can_grow && offset + len > fast_read_end_) {
     // The file may have grown since we last looked (writes through any queue
     // or process): look again, and take the fast path if it has.
@@ -212,7 +223,20 @@ void IoUringQueue::settle(uint32_t slot, int result) {
   tracked_[slot].result = result;
 }
 
+// Reads and writes, plain or vectored, that the calling thread will do
+// (IoUringTarget::inline_max).
+bool IoUringQueue::try_inline(uint32_t slot, const Request& req) {
+  if (req.len == 0 || req.len > inline_max_) return false;
+  const bool vectored = req.op == Op::kReadv || req.op == Op::kWritev;
+  if (!vectored && req.op != Op::kRead && req.op != Op::kWrite) return false;
+  inline_.push_back({slot, static_cast<uint32_t>(req.len), req.op == Op::kWrite || req.op == Op::kWritev,
+                     (req.flags & kReqFua) != 0, vectored ? req.iovcnt : 0, req.offset, req.buf,
+                     vectored ? req.iov : nullptr});
+  return true;
+}
+
 void IoUringQueue::enqueue(uint32_t slot, const Request& req) {
+  if (try_inline(slot, req)) return;
   sq_head_ = io_uring_smp_load_acquire(ring_.get()->sq.khead);
   Tracked& t = track(slot, req);
   io_uring_sqe* s;
@@ -328,6 +352,59 @@ void IoUringQueue::on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, 
   }
 }
 
+// One inline request, start to finish. The result is what its CQE would
+// have said: the length, or a negative errno.
+int IoUringQueue::inline_rw(const InlineRw& r) {
+  if (r.iov) {
+    // Vectored transfers fall short only at the end of the file, with the
+    // same outcome as through the ring (see on_cqe_slow()).
+    ssize_t n;
+    do {
+      n = r.write ? ::pwritev2(target_.fd, r.iov, r.iovcnt, static_cast<off_t>(r.offset), r.fua ? RWF_DSYNC : 0)
+                  : ::preadv(target_.fd, r.iov, r.iovcnt, static_cast<off_t>(r.offset));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    if (static_cast<uint64_t>(n) < r.len) {
+      if (r.write) return -EIO;
+      zero_iov_tail(r.iov, r.iovcnt, static_cast<uint64_t>(n));
+    }
+    return static_cast<int>(r.len);
+  }
+  char* p = static_cast<char*>(r.buf);
+  uint64_t done = 0;
+  while (done < r.len) {
+    struct iovec iov {p + done, r.len - done};
+    const auto at = static_cast<off_t>(r.offset + done);
+    ssize_t n = r.write ? ::pwritev2(target_.fd, &iov, 1, at, r.fua ? RWF_DSYNC : 0) : ::preadv(target_.fd, &iov, 1, at);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) {
+      // Only the end of the file stops a transfer short. Past it a growable
+      // file reads as zeroes; a write that moves nothing is an error.
+      if (r.write) return -EIO;
+      std::memset(p + done, 0, r.len - done);
+      break;
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return static_cast<int>(r.len);
+}
+
+// Runs the inline requests in the order they came. Completing one may queue
+// another (a follow-up step of a multi-step request), which runs in the same
+// loop; completions beyond the caller's room wait in the core's ready list,
+// which signals the completion fd itself.
+void IoUringQueue::run_inline(Queue& owner) {
+  for (size_t i = 0; i < inline_.size(); i++) {
+    const InlineRw r = inline_[i];
+    stats_.inline_ops++;
+    owner.complete(r.slot, inline_rw(r));
+  }
+  inline_.clear();
+}
+
 bool IoUringQueue::kernel_has_work(const Queue& owner) const {
   if (owner.outstanding() == 0) return false;
   // Completions may wait in task work (COOP_TASKRUN) or the overflow list
@@ -373,6 +450,10 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
                           const sigset_t* sig) {
   io_uring* ring = ring_.get();
   int err = 0;
+  if (!inline_.empty()) {
+    run_inline(owner);
+    wait_for = 0;  // what the caller waits for may be among them: let it look first
+  }
   if (wait_for > 0 && io_uring_cq_ready(ring) < wait_for) {
     __kernel_timespec ts{};
     if (timeout) {
@@ -391,6 +472,7 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
     io_uring_get_events(ring);
   }
   unsigned n = budget ? reap(owner, budget) : 0;
+  if (!inline_.empty()) run_inline(owner);  // follow-up steps queued while reaping
   // Follow-up steps queued while reaping must reach the kernel now: the
   // caller may next wait on the completion fd rather than call us.
   if (io_uring_sq_ready(ring) > 0) submit();

@@ -45,6 +45,20 @@ class IoUringQueue final : public DriverQueue {
     int zero_mode = 0;
   };
 
+  // A read or write kept for the calling thread to do (IoUringTarget::inline_max).
+  // Vectored when iov is set (buf is then unused).
+  struct InlineRw {
+    uint32_t slot;
+    uint32_t len;
+    bool write;
+    bool fua;
+    int iovcnt;
+    uint64_t offset;
+    void* buf;
+    const struct iovec* iov;
+  };
+  bool try_inline(uint32_t slot, const Request& req);
+
   [[gnu::noinline]] void enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
                                          const MappedRegion* region);
   io_uring_sqe* sqe() {
@@ -59,6 +73,8 @@ class IoUringQueue final : public DriverQueue {
   void issue_zeroes(uint32_t slot, Tracked& t);
   [[gnu::noinline]] void on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, int res);
   unsigned reap(Queue& owner, unsigned budget);
+  int inline_rw(const InlineRw& r);
+  void run_inline(Queue& owner);
   bool kernel_has_work(const Queue& owner) const;
   int submit();
 
@@ -76,6 +92,11 @@ class IoUringQueue final : public DriverQueue {
   // UINT64_MAX for devices that cannot grow (the core's range check rules
   // out reads past their end).
   uint64_t fast_read_end_ = UINT64_MAX;
+  // Requests up to this length take the inline path (0 on rings that go
+  // through the kernel for everything); checked by the fast path as
+  // `len <= inline_max_`, so 0 costs nothing.
+  uint64_t inline_max_ = 0;
+  std::vector<InlineRw> inline_;  // queued since the last process()
   unsigned sq_entries_ = 0;
   unsigned sq_mask_ = 0;
   DriverQueueStats stats_;
