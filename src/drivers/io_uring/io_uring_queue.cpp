@@ -35,7 +35,7 @@ Status IoUringQueue::init(unsigned entries) {
   if (target_.can_grow) fast_read_end_ = 0;  // looked up on the first read
   if (!poll_ && target_.inline_max > 0) {
     inline_max_ = target_.inline_max;
-    inline_.reserve(entries);
+    inline_.resize(entries);
   }
   sqe_fd_ = target_.fd;
   if (io_uring_register_files(ring, &target_.fd, 1) == 0) {
@@ -144,10 +144,13 @@ void zero_iov_tail(const struct iovec* iov, int iovcnt, uint64_t from) {
 // The hot path: a read or write into a free SQE, every field written once.
 // A ring that looks full, or a huge request, takes the tracked path.
 void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
+  if (len <= inline_max_) {
+    return push_inline({tag, offset, buf, static_cast<uint32_t>(len), 0});
+  }
   io_uring_sq& sq = ring_.get()->sq;
   const unsigned tail = sq.sqe_tail;
-  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || len <= inline_max_ ||
-      (offset + len > fast_read_end_ && tag.op() != Op::kWrite)) [[unlikely]] {
+  if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || (offset + len > fast_read_end_ && tag.op() != Op::kWrite))
+      [[unlikely]] {
     return enqueue_rw_slow(tag, offset, buf, len, region);
   }
   sq.sqe_tail = tail + 1;
@@ -169,11 +172,6 @@ void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t le
 
 void IoUringQueue::enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
                                    const MappedRegion* region) {
-  if (len <= inline_max_ && len > 0) {
-    inline_.push_back({tag.slot(), static_cast<uint32_t>(len), tag.op() == Op::kWrite, (tag.flags() & kReqFua) != 0,
-                       0, offset, buf, nullptr});
-    return;
-  }
   if (target_.can_grow && offset + len > fast_read_end_) {
     // The file may have grown since we last looked (writes through any queue
     // or process): look again, and take the fast path if it has.
@@ -226,12 +224,11 @@ void IoUringQueue::settle(uint32_t slot, int result) {
 // Reads and writes, plain or vectored, that the calling thread will do
 // (IoUringTarget::inline_max).
 bool IoUringQueue::try_inline(uint32_t slot, const Request& req) {
-  if (req.len == 0 || req.len > inline_max_) return false;
+  if (req.len > inline_max_) return false;
   const bool vectored = req.op == Op::kReadv || req.op == Op::kWritev;
   if (!vectored && req.op != Op::kRead && req.op != Op::kWrite) return false;
-  inline_.push_back({slot, static_cast<uint32_t>(req.len), req.op == Op::kWrite || req.op == Op::kWritev,
-                     (req.flags & kReqFua) != 0, vectored ? req.iovcnt : 0, req.offset, req.buf,
-                     vectored ? req.iov : nullptr});
+  push_inline({RwTag::make(slot, req.op, req.flags), req.offset, vectored ? const_cast<iovec*>(req.iov) : req.buf,
+               static_cast<uint32_t>(req.len), vectored ? req.iovcnt : 0});
   return true;
 }
 
@@ -355,27 +352,31 @@ void IoUringQueue::on_cqe_slow(Queue& owner, uint32_t slot, uint64_t user_data, 
 // One inline request, start to finish. The result is what its CQE would
 // have said: the length, or a negative errno.
 int IoUringQueue::inline_rw(const InlineRw& r) {
-  if (r.iov) {
+  const Op op = r.tag.op();
+  const bool write = op == Op::kWrite || op == Op::kWritev;
+  const int rwf = (r.tag.flags() & kReqFua) ? RWF_DSYNC : 0;
+  if (op == Op::kReadv || op == Op::kWritev) {
     // Vectored transfers fall short only at the end of the file, with the
     // same outcome as through the ring (see on_cqe_slow()).
+    const auto* iov = static_cast<const struct iovec*>(r.data);
     ssize_t n;
     do {
-      n = r.write ? ::pwritev2(target_.fd, r.iov, r.iovcnt, static_cast<off_t>(r.offset), r.fua ? RWF_DSYNC : 0)
-                  : ::preadv(target_.fd, r.iov, r.iovcnt, static_cast<off_t>(r.offset));
+      n = write ? ::pwritev2(target_.fd, iov, r.iovcnt, static_cast<off_t>(r.offset), rwf)
+                : ::preadv(target_.fd, iov, r.iovcnt, static_cast<off_t>(r.offset));
     } while (n < 0 && errno == EINTR);
     if (n < 0) return -errno;
     if (static_cast<uint64_t>(n) < r.len) {
-      if (r.write) return -EIO;
-      zero_iov_tail(r.iov, r.iovcnt, static_cast<uint64_t>(n));
+      if (write) return -EIO;
+      zero_iov_tail(iov, r.iovcnt, static_cast<uint64_t>(n));
     }
     return static_cast<int>(r.len);
   }
-  char* p = static_cast<char*>(r.buf);
+  char* p = static_cast<char*>(r.data);
   uint64_t done = 0;
   while (done < r.len) {
     struct iovec iov {p + done, r.len - done};
     const auto at = static_cast<off_t>(r.offset + done);
-    ssize_t n = r.write ? ::pwritev2(target_.fd, &iov, 1, at, r.fua ? RWF_DSYNC : 0) : ::preadv(target_.fd, &iov, 1, at);
+    ssize_t n = write ? ::pwritev2(target_.fd, &iov, 1, at, rwf) : ::preadv(target_.fd, &iov, 1, at);
     if (n < 0) {
       if (errno == EINTR) continue;
       return -errno;
@@ -383,7 +384,7 @@ int IoUringQueue::inline_rw(const InlineRw& r) {
     if (n == 0) {
       // Only the end of the file stops a transfer short. Past it a growable
       // file reads as zeroes; a write that moves nothing is an error.
-      if (r.write) return -EIO;
+      if (write) return -EIO;
       std::memset(p + done, 0, r.len - done);
       break;
     }
@@ -396,13 +397,36 @@ int IoUringQueue::inline_rw(const InlineRw& r) {
 // another (a follow-up step of a multi-step request), which runs in the same
 // loop; completions beyond the caller's room wait in the core's ready list,
 // which signals the completion fd itself.
+//
+// The common case (a plain read or write that moves every byte in one call)
+// completes through the queue's fast completer; anything else is done again
+// from the start by inline_rw(), which finishes short transfers and turns
+// failures into results (reading or writing the same bytes twice is
+// harmless).
 void IoUringQueue::run_inline(Queue& owner) {
-  for (size_t i = 0; i < inline_.size(); i++) {
-    const InlineRw r = inline_[i];
-    stats_.inline_ops++;
-    owner.complete(r.slot, inline_rw(r));
+  Queue::Completer fast(owner);
+  for (size_t i = 0; i < inline_n_; i++) {
+    const InlineRw r = inline_[i];  // a copy: completing may queue more and move the array
+    const Op op = r.tag.op();
+    ssize_t n = -1;
+    if (op == Op::kRead) {
+      n = ::pread(target_.fd, r.data, r.len, static_cast<off_t>(r.offset));
+    } else if (op == Op::kWrite && !(r.tag.flags() & kReqFua)) {
+      n = ::pwrite(target_.fd, r.data, r.len, static_cast<off_t>(r.offset));
+    }
+    if (static_cast<uint64_t>(n) == r.len && fast.complete_ok(r.tag.slot())) [[likely]] continue;
+    const int res = static_cast<uint64_t>(n) == r.len ? static_cast<int>(r.len) : inline_rw(r);
+    fast.flush();
+    owner.complete(r.tag.slot(), res);
+    fast.reload();
   }
-  inline_.clear();
+  stats_.inline_ops += inline_n_;
+  inline_n_ = 0;
+}
+
+void IoUringQueue::push_inline_slow(const InlineRw& r) {
+  inline_.resize(std::max<size_t>(16, inline_.size() * 2));
+  inline_[inline_n_++] = r;
 }
 
 bool IoUringQueue::kernel_has_work(const Queue& owner) const {
@@ -450,7 +474,7 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
                           const sigset_t* sig) {
   io_uring* ring = ring_.get();
   int err = 0;
-  if (!inline_.empty()) {
+  if (inline_n_ > 0) {
     run_inline(owner);
     wait_for = 0;  // what the caller waits for may be among them: let it look first
   }
@@ -472,7 +496,7 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
     io_uring_get_events(ring);
   }
   unsigned n = budget ? reap(owner, budget) : 0;
-  if (!inline_.empty()) run_inline(owner);  // follow-up steps queued while reaping
+  if (inline_n_ > 0) run_inline(owner);  // follow-up steps queued while reaping
   // Follow-up steps queued while reaping must reach the kernel now: the
   // caller may next wait on the completion fd rather than call us.
   if (io_uring_sq_ready(ring) > 0) submit();

@@ -46,18 +46,24 @@ class IoUringQueue final : public DriverQueue {
   };
 
   // A read or write kept for the calling thread to do (IoUringTarget::inline_max).
-  // Vectored when iov is set (buf is then unused).
+  // The tag holds the slot, the operation (plain or vectored read or write)
+  // and the flags; data is the buffer, or the iovec array for vectored ones.
   struct InlineRw {
-    uint32_t slot;
-    uint32_t len;
-    bool write;
-    bool fua;
-    int iovcnt;
+    RwTag tag;
     uint64_t offset;
-    void* buf;
-    const struct iovec* iov;
+    void* data;
+    uint32_t len;
+    int iovcnt;
   };
   bool try_inline(uint32_t slot, const Request& req);
+  void push_inline(const InlineRw& r) {
+    if (inline_n_ < inline_.size()) [[likely]] {
+      inline_[inline_n_++] = r;
+    } else {
+      push_inline_slow(r);
+    }
+  }
+  [[gnu::noinline]] void push_inline_slow(const InlineRw& r);
 
   [[gnu::noinline]] void enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64_t len,
                                          const MappedRegion* region);
@@ -96,7 +102,9 @@ class IoUringQueue final : public DriverQueue {
   // through the kernel for everything); checked by the fast path as
   // `len <= inline_max_`, so 0 costs nothing.
   uint64_t inline_max_ = 0;
-  std::vector<InlineRw> inline_;  // queued since the last process()
+  // Queued since the last process(): the first inline_n_ entries.
+  std::vector<InlineRw> inline_;
+  size_t inline_n_ = 0;
   unsigned sq_entries_ = 0;
   unsigned sq_mask_ = 0;
   DriverQueueStats stats_;
