@@ -127,13 +127,14 @@ Measurement run_here(const std::string& library, const Target& t, const Workload
   };
 
   std::vector<blkio_completion> comps(w.depth);
+  const uint32_t reap_max = w.reap_max ? std::min(w.reap_max, w.depth) : w.depth;
   uint64_t issued = 0, done = 0;
   double start = now_s(), deadline = start + seconds;
   for (uint32_t i = 0; i < w.depth && (count == 0 || issued < count); i++, issued++) issue(i);
   bool stopping = false;
   unsigned check = 0;
   while (done < issued) {
-    int n = api.do_io(q, comps.data(), 1, static_cast<int>(w.depth), nullptr);
+    int n = api.do_io(q, comps.data(), 1, static_cast<int>(reap_max), nullptr);
     if (n < 0) return fail("blkioq_do_io");
     for (int i = 0; i < n; i++) {
       if (comps[i].ret != 0) {
@@ -202,9 +203,11 @@ Measurement run_fio(const Target& t, const Workload& w, double seconds) {
   std::string rw = w.random ? (w.write ? "randwrite" : "randread") : (w.write ? "write" : "read");
   std::string cmd = fmt::format(
       "fio --name=ref --filename='{}' --ioengine=io_uring --fixedbufs=1 --registerfiles=1 --rw={} --bs={} "
-      "--iodepth={} --iodepth_batch_submit={} --iodepth_batch_complete_min=1 --direct={} --time_based "
-      "--runtime={} --ramp_time=0 --norandommap --randrepeat=0 --thread --output-format=json 2>/dev/null",
-      t.path, rw, w.block_size, w.depth, w.depth, t.direct ? 1 : 0, std::max(1, static_cast<int>(seconds + 0.5)));
+      "--iodepth={} --iodepth_batch_submit={} --iodepth_batch_complete_min=1 --iodepth_batch_complete_max={} "
+      "--direct={} --time_based --runtime={} --ramp_time=0 --norandommap --randrepeat=0 --thread "
+      "--output-format=json 2>/dev/null",
+      t.path, rw, w.block_size, w.depth, w.depth, w.reap_max ? std::min(w.reap_max, w.depth) : w.depth,
+      t.direct ? 1 : 0, std::max(1, static_cast<int>(seconds + 0.5)));
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
     m.error = "popen fio";

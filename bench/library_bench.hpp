@@ -17,6 +17,11 @@ struct Workload {
   bool random = true;
   uint32_t block_size = 4096;
   uint32_t depth = 1;
+  // At most this many completions per blkioq_do_io() (fio's
+  // iodepth_batch_complete_max); 0: the queue depth. Reaping fewer hands
+  // each freed slot back to the device sooner, which pays on a device with
+  // long latency and costs calls on a fast one.
+  uint32_t reap_max = 0;
 };
 
 // What to open: a libblkio driver and its properties.

@@ -37,6 +37,7 @@ struct BenchOptions {
   uint64_t callgrind_requests = 100000;
   std::string json_out;
   std::vector<std::string> only;  // workload or target names to run
+  uint32_t reap = 0;              // Workload::reap_max for every workload
 };
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe"); }
@@ -103,8 +104,9 @@ InstrResult callgrind_instructions(const std::string& lib, const Target& t, cons
   auto run = [&](uint64_t count, std::vector<std::pair<std::string, uint64_t>>& out) -> bool {
     std::string file = fmt::format("/tmp/blkstack-callgrind-{}-{}.out", getpid(), count);
     std::string cmd = fmt::format("valgrind --tool=callgrind --callgrind-out-file={} '{}' bench-one --lib '{}' --driver {} "
-                                  "--count {} --bs {} --depth {} {} {}",
-                                  file, self_exe(), lib, t.driver, count, w.block_size, w.depth, w.write ? "--write" : "",
+                                  "--count {} --bs {} --depth {} --reap {} {} {}",
+                                  file, self_exe(), lib, t.driver, count, w.block_size, w.depth, w.reap_max,
+                                  w.write ? "--write" : "",
                                   w.random ? "" : "--sequential");
     for (auto& [k, v] : t.props) cmd += fmt::format(" --prop '{}={}'", k, v);
     cmd += " >/dev/null 2>&1";
@@ -157,12 +159,13 @@ int run_bench(BenchOptions o) {
     o.fio = false;
   }
 
-  const std::vector<Workload> workloads = {
+  std::vector<Workload> workloads = {
       {"randread-4k-qd1", false, true, 4096, 1},
       {"randread-4k-qd32", false, true, 4096, 32},
       {"randwrite-4k-qd32", true, true, 4096, 32},
       {"seqread-1m-qd8", false, false, 1 << 20, 8},
   };
+  for (Workload& w : workloads) w.reap_max = o.reap;
   std::string tmpfs_file = o.tmpfs_dir + "/blkstack-bench-" + std::to_string(getpid()) + ".img";
   std::string disk_file = o.disk_dir + "/blkstack-bench-" + std::to_string(getpid()) + ".img";
   std::vector<Target> targets = {
@@ -218,6 +221,8 @@ int run_bench(BenchOptions o) {
     }
   }
 
+  std::cout << (o.reap ? fmt::format("\nat most {} completions per blkioq_do_io (fio: iodepth_batch_complete_max={})", o.reap, o.reap)
+                       : std::string("\ncompletions per blkioq_do_io: up to the queue depth"));
   std::cout << fmt::format("\n{:<6} {:<18} {:>12} {:>10} {:>12} {:>12} {:>9} {:>9}\n", "target", "workload",
                            "blkstack", "MB/s", "libblkio", "fio", "vs lib", "vs fio");
   for (const Row& r : rows) {
@@ -269,7 +274,7 @@ struct OneOptions {
   std::vector<std::string> props;
   double seconds = 0;
   uint64_t count = 100000;
-  uint32_t bs = 4096, depth = 32;
+  uint32_t bs = 4096, depth = 32, reap = 0;
   bool write = false, sequential = false;
 };
 
@@ -280,7 +285,7 @@ int run_one(const OneOptions& o) {
     if (eq == std::string::npos) return 2;
     t.props.emplace_back(p.substr(0, eq), p.substr(eq + 1));
   }
-  Workload w{"one", o.write, !o.sequential, o.bs, o.depth};
+  Workload w{"one", o.write, !o.sequential, o.bs, o.depth, o.reap};
   Measurement m = o.seconds > 0 ? bench::run_library(o.lib, t, w, o.seconds)
                                 : bench::run_library(o.lib, t, w, 0, o.count, true);
   if (!m.ok) {
@@ -309,6 +314,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--callgrind-requests", o.callgrind_requests, "requests per callgrind run");
   cmd->add_option("--only", o.only, "run only these targets/workloads (e.g. tmpfs, randread-4k-qd32)");
   cmd->add_option("--json", o.json_out, "also write the results as JSON to this file");
+  cmd->add_option("--reap", o.reap,
+                  "at most this many completions per blkioq_do_io, for both libraries, and fio's "
+                  "iodepth_batch_complete_max (default: the queue depth)");
   cmd->callback([] { std::exit(run_bench(o)); });
 
   auto* one = app.add_subcommand("bench-one", "One in-process benchmark run (used under callgrind)");
@@ -321,6 +329,7 @@ void add_bench_command(CLI::App& app) {
   one->add_option("--seconds", oo.seconds, "time-based run (a child process) instead of --count");
   one->add_option("--bs", oo.bs);
   one->add_option("--depth", oo.depth);
+  one->add_option("--reap", oo.reap);
   one->add_flag("--write", oo.write);
   one->add_flag("--sequential", oo.sequential);
   one->callback([] { std::exit(run_one(oo)); });
