@@ -216,7 +216,11 @@ class Queue {
   }
   uint32_t grow();
   void submit(const Request& req, uint8_t stage, bool flush_after);
-  void fail(void* user_data, int err, const char* msg);
+  // Requests the contract layer answers itself (rejected, or nothing left
+  // to do): counted as outstanding, handed back by the next do_io().
+  void settle(void* user_data, int ret, const char* msg);
+  void fail(void* user_data, int err, const char* msg) { settle(user_data, err, msg); }
+  void succeed(void* user_data) { settle(user_data, 0, nullptr); }
   void emit(void* user_data, int ret, const char* msg) {
     if (out_n_ < out_max_) [[likely]] {
       Completion& c = out_[out_n_++];

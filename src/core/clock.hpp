@@ -5,7 +5,9 @@
 
 #include <time.h>
 
+#include <chrono>
 #include <cstdint>
+#include <thread>
 
 namespace blkstack {
 
@@ -41,5 +43,18 @@ class Deadline {
   static constexpr uint64_t kNever = UINT64_MAX;
   uint64_t at_;
 };
+
+// Asks `ready` every `step` until it says yes or `limit` has passed, and
+// returns its last answer. Only for control paths waiting on something that
+// sends no event: a device node that udev has yet to create or hand over.
+template <class Ready>
+bool poll_until(Ready&& ready, std::chrono::milliseconds limit, std::chrono::milliseconds step) {
+  const uint64_t end = mono_ns() + static_cast<uint64_t>(std::chrono::nanoseconds(limit).count());
+  for (;;) {
+    if (ready()) return true;
+    if (mono_ns() >= end) return false;
+    std::this_thread::sleep_for(step);
+  }
+}
 
 }  // namespace blkstack

@@ -106,9 +106,9 @@ void Queue::defer(void* user_data, int ret, const char* msg) {
   if (!in_do_io_ && fd_enabled_) dq_->notify();
 }
 
-void Queue::fail(void* user_data, int err, const char* msg) {
+void Queue::settle(void* user_data, int ret, const char* msg) {
   ++pending_;
-  defer(user_data, err, msg);
+  defer(user_data, ret, msg);
 }
 
 void Queue::drain_ready() {
@@ -367,7 +367,7 @@ void Queue::write_zeroes(uint64_t offset, uint64_t len, void* user_data, uint32_
     return fail(user_data, -EINVAL, "request length exceeds max-write-zeroes-len");
   }
   bool emulate_fua = (flags & kReqFua) && !lim_.fua_native_zeroes;
-  if (len == 0 && !emulate_fua) return fail(user_data, 0, nullptr);
+  if (len == 0 && !emulate_fua) return succeed(user_data);
   Request r{};
   r.op = Op::kWriteZeroes;
   r.flags = emulate_fua ? (flags & ~kReqFua) : flags;
@@ -395,7 +395,7 @@ void Queue::discard(uint64_t offset, uint64_t len, void* user_data, uint32_t fla
     return fail(user_data, -EINVAL, "discard start and length must follow discard-alignment");
   }
   if (lim_.max_discard && len > lim_.max_discard) return fail(user_data, -EINVAL, "request length exceeds max-discard-len");
-  if (len == 0) return fail(user_data, 0, nullptr);
+  if (len == 0) return succeed(user_data);
   Request r{};
   r.op = Op::kDiscard;
   r.offset = offset;
@@ -447,14 +447,14 @@ void Queue::block_status(uint64_t offset, uint64_t len, AllocationExtent* out, v
   len = std::min(len, lim_.capacity - offset);
   if (!lim_.can_report_holes) {
     *out = AllocationExtent{len, false};
-    return fail(user_data, 0, nullptr);  // completes, with 0, at the next do_io()
+    return succeed(user_data);  // completes, with 0, at the next do_io()
   }
   if (!lim_.driver_block_status) {
     // The driver answers synchronously, and cheaply (see driver.hpp).
     auto e = device_.extent_at(offset, len);
     if (!e) return fail(user_data, e.status().code() < 0 ? e.status().code() : -EIO, "block status query failed");
     *out = *e;
-    return fail(user_data, 0, nullptr);
+    return succeed(user_data);
   }
   Request r{};
   r.op = Op::kBlockStatus;

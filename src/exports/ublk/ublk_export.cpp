@@ -9,6 +9,7 @@
 #include <chrono>
 #include <thread>
 
+#include "core/clock.hpp"
 #include "daemon/config.hpp"
 #include "spdlog/spdlog.h"
 
@@ -143,11 +144,14 @@ Params UblkExport::params() const {
 Status UblkExport::open_queues(const std::vector<Reactor*>& reactors, unsigned nr_queues, unsigned depth,
                                uint32_t max_io_bytes) {
   std::string path = char_dev_path(dev_id_);
-  for (int i = 0; i < 100 && !char_fd_.valid(); i++) {
-    char_fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
-    if (!char_fd_.valid()) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the node may lag ADD_DEV
-  }
-  if (!char_fd_.valid()) return errno_error(path);
+  // The node may appear a little after ADD_DEV.
+  const bool opened = poll_until(
+      [&] {
+        char_fd_.reset(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+        return char_fd_.valid();
+      },
+      std::chrono::seconds(1), std::chrono::milliseconds(10));
+  if (!opened) return errno_error(path);
   queues_.resize(nr_queues);
   for (unsigned q = 0; q < nr_queues; q++) {
     Reactor& r = *reactors[q % reactors.size()];
@@ -192,9 +196,9 @@ namespace {
 // gives it to the user who added it. Wait for that, as ublksrv does.
 Status wait_for_char_dev_access(uint32_t dev_id) {
   std::string path = char_dev_path(dev_id);
-  for (int i = 0; i < 300; i++) {
-    if (::access(path.c_str(), R_OK | W_OK) == 0) return {};
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (poll_until([&] { return ::access(path.c_str(), R_OK | W_OK) == 0; }, std::chrono::seconds(3),
+                 std::chrono::milliseconds(10))) {
+    return {};
   }
   return error(-EACCES,
                "ublk: {} is not accessible to this user after 3 s: unprivileged devices need a udev rule that "
