@@ -120,7 +120,8 @@ void NbdQueue::park(uint32_t slot, const Request& req) {
     p.iov.assign(req.iov, req.iov + req.iovcnt);
   }
   parked_.push_back(std::move(p));
-  parked_.back().req.iov = parked_.back().iov.data();
+  // (buf and iov share their storage in Request: only vectored ones.)
+  if (req.op == Op::kReadv || req.op == Op::kWritev) parked_.back().req.iov = parked_.back().iov.data();
   arm_timer(true);
 }
 
