@@ -726,6 +726,24 @@ void notice_hangup(Queue& q) {
 
 }  // namespace
 
+// reconnect-delay: seconds, settable until blkio_start() like connections.
+TEST(NbdDriver, ReconnectDelayProperty) {
+  Nbdkit server({"memory", "16M"});
+  auto d = Device::create("nbd");
+  ASSERT_TRUE(d.ok());
+  Device& dev = **d;
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 0);
+  EXPECT_FALSE(dev.set_str("reconnect-delay", "-1").ok());
+  ASSERT_TRUE(dev.set_str("uri", server.uri()).ok());
+  ASSERT_TRUE(dev.set_str("reconnect-delay", "7").ok());
+  ASSERT_TRUE(dev.connect().ok());
+  ASSERT_TRUE(dev.set_str("reconnect-delay", "3").ok());
+  ASSERT_TRUE(dev.start().ok());
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 3);
+  EXPECT_FALSE(dev.set_str("reconnect-delay", "4").ok());
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 3);
+}
+
 // reconnect-delay=0: in-flight requests fail when the server dies, new ones
 // fail at once while it is away, and once it is back on the same socket the
 // device works again, with the data written before the kill.
