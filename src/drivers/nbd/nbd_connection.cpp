@@ -211,6 +211,8 @@ NbdLink::State NbdLink::poke(int wait_ms) {
     return State::kFailed;
   }
   handles_.push_back(std::move(connecting_));
+  // Cleared before the new handle is seen: its own death cannot be missed.
+  suspect_.store(false, std::memory_order_relaxed);
   cur_.store(handles_.back().get(), std::memory_order_release);
   gen_.fetch_add(1, std::memory_order_acq_rel);
   backoff_ns_ = 0;

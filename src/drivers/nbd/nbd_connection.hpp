@@ -70,6 +70,18 @@ class NbdLink {
     return !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
   }
   State state() const { return state_.load(std::memory_order_acquire); }
+  // A hint that the handle may have died, so that the request path need
+  // not ask libnbd on every request: set by whoever sees a sign of it (a
+  // command failed with ENOTCONN, an nbd_aio_* call or a notification
+  // refused, the handle found dead), cleared when a new handle goes in.
+  void suspect() { suspect_.store(true); }
+  bool suspected() const { return suspect_.load(std::memory_order_relaxed); }
+  // Clears the hint of a handle found alive (and sets it again should it
+  // have died meanwhile).
+  void unsuspect() {
+    suspect_.store(false);
+    if (!alive()) suspect_.store(true);
+  }
   // Why the device stays failed (kFailed only; stable once set).
   const char* failure() const { return failure_.c_str(); }
 
@@ -94,6 +106,7 @@ class NbdLink {
   std::atomic<nbd_handle*> cur_;
   std::atomic<uint64_t> gen_{0};
   std::atomic<State> state_{State::kUp};
+  std::atomic<bool> suspect_{false};
   std::mutex mu_;  // everything below
   std::vector<NbdHandle> handles_;  // every handle made; the last one is cur_
   NbdHandle connecting_;            // an attempt under way

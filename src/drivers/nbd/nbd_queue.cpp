@@ -36,6 +36,9 @@ constexpr int kConnectWaitMs = 20;
 const char kDownMsg[] = "nbd: the connection to the server is gone; reconnecting (reconnect-delay=0)";
 const char kDelayMsg[] = "nbd: the server did not come back within reconnect-delay";
 
+// How libnbd fails the commands of a connection that died.
+bool connection_error(int e) { return e == ENOTCONN || e == ESHUTDOWN || e == ECONNRESET || e == EPIPE; }
+
 int libnbd_errno() {
   int e = nbd_get_errno();
   return e > 0 ? e : EIO;
@@ -76,7 +79,15 @@ NbdQueue::~NbdQueue() {
   conn_->queues--;
 }
 
-bool NbdQueue::connection_alive() const { return conn_->alive(); }
+bool NbdQueue::connection_alive() const {
+  if (conn_->alive()) return true;
+  conn_->suspect();
+  return false;
+}
+
+bool NbdQueue::link_needs_care() const {
+  return conn_->suspected() || conn_->generation() != gen_seen_ || !parked_.empty();
+}
 
 void NbdQueue::sync_socket() {
   uint64_t g = conn_->generation();
@@ -114,8 +125,9 @@ void NbdQueue::arm_timer(bool on) {
   timer_armed_ = on;
 }
 
-void NbdQueue::park(uint32_t slot, const Request& req) {
-  Parked p{slot, req, {}, mono_ns() + static_cast<uint64_t>(reconnect_delay_s_) * 1'000'000'000};
+void NbdQueue::park(uint32_t slot, const Request& req, uint64_t deadline_ns) {
+  if (deadline_ns == 0) deadline_ns = mono_ns() + static_cast<uint64_t>(reconnect_delay_s_) * 1'000'000'000;
+  Parked p{slot, req, {}, deadline_ns};
   if (req.op == Op::kReadv || req.op == Op::kWritev) {
     p.iov.assign(req.iov, req.iov + req.iovcnt);
   }
@@ -140,6 +152,8 @@ void NbdQueue::service_link(int wait_ms) {
   if (!connection_alive() || conn_->generation() != gen_seen_) {
     st = conn_->poke(wait_ms);
     sync_socket();
+  } else if (conn_->suspected() && conn_->state() == NbdLink::State::kUp) {
+    conn_->unsuspect();  // a false alarm: the handle is alive
   }
   if (!parked_.empty()) {
     if (st == NbdLink::State::kUp) {
@@ -149,7 +163,7 @@ void NbdQueue::service_link(int wait_ms) {
       go.swap(parked_);
       for (Parked& p : go) {
         if (p.req.op == Op::kReadv || p.req.op == Op::kWritev) p.req.iov = p.iov.data();
-        submit_now(p.slot, p.req);
+        submit_now(p.slot, p.req, p.deadline_ns);
       }
     } else if (st == NbdLink::State::kFailed) {
       for (Parked& p : parked_) fail_now(p.slot, conn_->failure());
@@ -199,6 +213,10 @@ int NbdQueue::on_command_done(void* user_data, int* error) {
   if (*error) {
     int expected = 0;
     c->err.compare_exchange_strong(expected, *error);
+    // libnbd fails the commands of a connection that died with ENOTCONN.
+    if (connection_error(*error)) {
+      c->queue->conn_->suspect();
+    }
   }
   c->queue->release_parts(c, 1);
   return 1;  // retire the command: we never ask libnbd about it again
@@ -237,7 +255,7 @@ void NbdQueue::fail_part(Cmd* c, int err) {
 void NbdQueue::enqueue(uint32_t slot, const Request& req) {
   Driving d(this);
   stats_.plain_ops++;
-  if (!connection_alive() || conn_->generation() != gen_seen_ || !parked_.empty()) [[unlikely]] {
+  if (link_needs_care()) [[unlikely]] {
     service_link(0);
     if (!connection_alive() || !parked_.empty()) {
       NbdLink::State st = conn_->state();
@@ -255,7 +273,7 @@ void NbdQueue::enqueue(uint32_t slot, const Request& req) {
   submit_now(slot, req);
 }
 
-void NbdQueue::submit_now(uint32_t slot, const Request& req) {
+void NbdQueue::submit_now(uint32_t slot, const Request& req, uint64_t deadline_ns) {
   uint32_t parts = 1;
   if (req.op == Op::kReadv || req.op == Op::kWritev) {
     parts = 0;
@@ -265,6 +283,17 @@ void NbdQueue::submit_now(uint32_t slot, const Request& req) {
   // not finish the request before every command of it is issued.
   Cmd* c = new_cmd(slot, parts + 1);
   issue(c, req);
+  if (reconnect_delay_s_ > 0 && c->parts.load(std::memory_order_acquire) == 1 &&
+      connection_error(c->err.load(std::memory_order_relaxed)) && !connection_alive()) [[unlikely]] {
+    // Every command of it failed while being issued, on a connection that
+    // turned out dead (nobody had read the hang-up yet): it waits for the
+    // reconnection like a request made a moment later. (Reads and writes
+    // may be sent twice; both are idempotent.)
+    in_flight_--;
+    free_.push_back(c);
+    park(slot, req, deadline_ns);
+    return;
+  }
   release_parts(c, 1);
   // Issuing runs libnbd's state machine, which may read replies (it reads
   // while a send would block, against deadlock) or fail the request at once:
@@ -276,7 +305,10 @@ void NbdQueue::issue(Cmd* c, const Request& req) {
   nbd_handle* h = conn_->get();
   nbd_completion_callback done{.callback = &NbdQueue::on_command_done, .user_data = c, .free = nullptr};
   auto check = [&](int64_t cookie) {
-    if (cookie < 0) fail_part(c, libnbd_errno());
+    if (cookie < 0) {
+      conn_->suspect();  // most likely a dead handle; service_link() will look
+      fail_part(c, libnbd_errno());
+    }
   };
   uint32_t fua = (req.flags & kReqFua) ? LIBNBD_CMD_FLAG_FUA : 0;
   switch (req.op) {
@@ -358,14 +390,18 @@ void NbdQueue::pump(Read read) {
     // poll() said readable: look again.
     bool readable = (read == Read::kReadable && !shared) || socket_readable();
     while (readable && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ)) {
-      if (nbd_aio_notify_read(h) < 0 || !connection_alive()) return;
+      if (nbd_aio_notify_read(h) < 0) {
+        conn_->suspect();
+        return;
+      }
+      if (!connection_alive()) return;
       // With nothing in flight no reply can follow (a hang-up will wake the
       // completion fd by itself): spare the poll(), one system call in four
       // per request at depth 1.
       readable = nbd_aio_in_flight(h) > 0 && socket_readable();
     }
   }
-  if (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) nbd_aio_notify_write(h);
+  if ((nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) && nbd_aio_notify_write(h) < 0) conn_->suspect();
 }
 
 NbdQueue::Read NbdQueue::wait(const struct timespec* timeout, const sigset_t* sig, int& err) {
@@ -438,7 +474,7 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   read_since_wait_ = false;
   pump(wait_for == 0 ? Read::kIfReadable : Read::kNo);
   // After the read: a hang-up read just now has made the handle dead.
-  if (!connection_alive() || conn_->generation() != gen_seen_ || !parked_.empty()) [[unlikely]] {
+  if (link_needs_care()) [[unlikely]] {
     service_link(wait_for == 0 ? 0 : kConnectWaitMs);
   }
   collect();
@@ -449,7 +485,7 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
     while (n < wait_for) {
       timespec left = deadline.never() ? timespec{} : deadline.left();
       pump(wait(deadline.never() ? nullptr : &left, sig, err));
-      if (!connection_alive() || conn_->generation() != gen_seen_ || !parked_.empty()) [[unlikely]] {
+      if (link_needs_care()) [[unlikely]] {
         int ms = kConnectWaitMs;
         if (!deadline.never()) ms = static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000, ms));
         service_link(ms);

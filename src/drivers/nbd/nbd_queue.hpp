@@ -80,7 +80,8 @@ class NbdQueue final : public DriverQueue {
   void finish(Cmd* c);                     // c's request is over: hand it to our thread
   void fail_part(Cmd* c, int err);         // an nbd_aio_* call refused a part
   void issue(Cmd* c, const Request& req);
-  void submit_now(uint32_t slot, const Request& req);
+  // deadline_ns: when it was parked before, its reconnect-delay's end.
+  void submit_now(uint32_t slot, const Request& req, uint64_t deadline_ns = 0);
   void fail_now(uint32_t slot, const char* msg);
 
   // Reconnection: notices a dead connection, has the link make it again,
@@ -90,7 +91,7 @@ class NbdQueue final : public DriverQueue {
   // may wait for the server's answers while connecting.
   void service_link(int wait_ms);
   void sync_socket();
-  void park(uint32_t slot, const Request& req);
+  void park(uint32_t slot, const Request& req, uint64_t deadline_ns = 0);  // 0: reconnect-delay from now
   void arm_timer(bool on);
 
   enum class Read { kNo, kIfReadable, kReadable };
@@ -105,7 +106,9 @@ class NbdQueue final : public DriverQueue {
   // Moves finished requests from other threads into ready_.
   void collect();
   unsigned reap(Queue& owner, unsigned budget);
-  bool connection_alive() const;
+  bool connection_alive() const;  // (sets the link's hint when not)
+  // The link may have died, has a new handle, or requests wait for it.
+  bool link_needs_care() const;
 
   std::shared_ptr<NbdLink> conn_;
   NbdCaps caps_;
