@@ -113,6 +113,18 @@ class Queue {
       advance(slot, res);
     }
   }
+  // The same, failed with a message for the completion's error_msg (a
+  // string that outlives the queue's use of it). Multi-step requests keep
+  // only the error code.
+  void complete(uint32_t slot, int res, const char* msg) {
+    Slot& s = slots_[slot];
+    if (s.stage == 0) [[likely]] {
+      emit(s.user_data, res < 0 ? res : 0, res < 0 ? msg : nullptr);
+      release(slot);
+    } else {
+      advance(slot, res);
+    }
+  }
   // What a fully successful step in flight for `slot` returns: its length
   // for reads and writes (vectored too), 0 for everything else.
   uint64_t expected(uint32_t slot) const { return slots_[slot].expected; }

@@ -13,7 +13,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <optional>
 #include <cstring>
 #include <thread>
 
@@ -35,7 +37,14 @@ class Nbdkit {
     char tmpl[] = "/tmp/blkstack-nbdkit-XXXXXX";
     dir_ = mkdtemp(tmpl);
     sock_ = dir_ + "/sock";
+    start(std::move(args));
+  }
+  // (Re)starts nbdkit on the same socket, with these arguments.
+  void start(std::vector<std::string> args) {
+    kill_now();
     std::string pidfile = dir_ + "/pid";
+    ::unlink(pidfile.c_str());
+    ::unlink(sock_.c_str());
     std::vector<std::string> argv = {"nbdkit", "-f", "-U", sock_, "-P", pidfile};
     argv.insert(argv.end(), args.begin(), args.end());
     std::vector<char*> cargv;
@@ -656,4 +665,304 @@ TEST(NbdDriver, SynchronousExtentAtIsBounded) {
   auto s = dev->extent_at(0, 4096);
   EXPECT_EQ(s.status().code(), -ETIMEDOUT);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));
+}
+
+// ---- reconnection: the server goes away and comes back ----
+
+namespace {
+
+// A scratch file for nbdkit's file plugin, which keeps data across restarts.
+class ScratchFile {
+ public:
+  explicit ScratchFile(uint64_t size) {
+    char tmpl[] = "/tmp/blkstack-nbd-scratch-XXXXXX";
+    int fd = mkstemp(tmpl);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(size)), 0);
+    close(fd);
+    path_ = tmpl;
+  }
+  ~ScratchFile() { ::unlink(path_.c_str()); }
+  void resize(uint64_t size) { EXPECT_EQ(truncate(path_.c_str(), static_cast<off_t>(size)), 0); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+using Clock = std::chrono::steady_clock;
+
+// One request made by `issue` on q, waited for (up to 20 s).
+template <class F>
+Completion run_one(Queue& q, F issue) {
+  issue();
+  Completion c{};
+  timespec t{20, 0};
+  EXPECT_EQ(q.do_io(&c, 1, 1, &t), 1);
+  return c;
+}
+
+// Issues `issue` every 50 ms until a request succeeds; how long that took,
+// or nothing after `limit`.
+template <class F>
+std::optional<Clock::duration> until_ok(Queue& q, F issue, std::chrono::milliseconds limit) {
+  auto t0 = Clock::now();
+  while (Clock::now() - t0 < limit) {
+    Completion c = run_one(q, issue);
+    if (c.ret == 0) return Clock::now() - t0;
+    EXPECT_EQ(c.ret, -EIO) << (c.error_msg ? c.error_msg : "");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return std::nullopt;
+}
+
+// Lets the queue see that the server hung up (a do_io() that reads the
+// socket), as it would at its next event.
+void notice_hangup(Queue& q) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Completion c{};
+  EXPECT_EQ(q.do_io(&c, 0, 1, nullptr), 0);
+}
+
+}  // namespace
+
+// reconnect-delay: seconds, settable until blkio_start() like connections.
+TEST(NbdDriver, ReconnectDelayProperty) {
+  Nbdkit server({"memory", "16M"});
+  auto d = Device::create("nbd");
+  ASSERT_TRUE(d.ok());
+  Device& dev = **d;
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 0);
+  EXPECT_FALSE(dev.set_str("reconnect-delay", "-1").ok());
+  ASSERT_TRUE(dev.set_str("uri", server.uri()).ok());
+  ASSERT_TRUE(dev.set_str("reconnect-delay", "7").ok());
+  ASSERT_TRUE(dev.connect().ok());
+  ASSERT_TRUE(dev.set_str("reconnect-delay", "3").ok());
+  ASSERT_TRUE(dev.start().ok());
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 3);
+  EXPECT_FALSE(dev.set_str("reconnect-delay", "4").ok());
+  EXPECT_EQ(prop<int>(dev, "reconnect-delay"), 3);
+}
+
+// reconnect-delay=0: in-flight requests fail when the server dies, new ones
+// fail at once while it is away, and once it is back on the same socket the
+// device works again, with the data written before the kill.
+TEST(NbdDriver, ReconnectsAfterTheServerRestarts) {
+  ScratchFile file(16 << 20);
+  // Slow reads, so that some are in flight at the kill; writes go at once.
+  Nbdkit server({"--filter=delay", "file", file.path(), "rdelay=5"});
+  auto dev = connect_nbd(server.uri(), {{"reconnect-delay", "0"}});
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(prop<int>(*dev, "reconnect-delay"), 0);
+  Queue& q = *dev->queue(0);
+  std::string data = pattern(1 << 20, 21);
+  Buf buf(1 << 20);
+  memcpy(buf.p, data.data(), buf.len);
+  ASSERT_EQ(run_one(q, [&] { q.write(1 << 20, buf.p, buf.len, nullptr, 0); }).ret, 0);
+  ASSERT_EQ(run_one(q, [&] { q.flush(nullptr, 0); }).ret, 0);
+
+  Buf back(1 << 20);
+  for (int i = 0; i < 4; i++) q.read(i * 4096ull, back.p + i * 4096, 4096, nullptr, 0);
+  Completion c[4]{};
+  timespec t{0, 200 * 1000 * 1000};
+  EXPECT_EQ(q.do_io(c, 1, 4, &t), -ETIME);
+  server.kill_now();
+  auto t0 = Clock::now();
+  timespec t2{10, 0};
+  ASSERT_EQ(q.do_io(c, 4, 4, &t2), 4);
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  for (auto& x : c) EXPECT_LT(x.ret, 0);
+
+  // Away: new requests fail at once, with -EIO and a message.
+  for (int i = 0; i < 3; i++) {
+    t0 = Clock::now();
+    Completion x = run_one(q, [&] { q.read(0, back.p, 4096, nullptr, 0); });
+    EXPECT_EQ(x.ret, -EIO);
+    ASSERT_NE(x.error_msg, nullptr);
+    EXPECT_NE(std::string(x.error_msg).find("reconnect"), std::string::npos) << x.error_msg;
+    EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+  }
+
+  // Back, same socket, same file, no delay filter (same flags).
+  server.start({"file", file.path()});
+  auto took = until_ok(q, [&] { q.read(1 << 20, back.p, back.len, nullptr, 0); }, std::chrono::seconds(10));
+  ASSERT_TRUE(took.has_value()) << "no reconnection within 10 s";
+  EXPECT_LT(*took, std::chrono::seconds(4));
+  EXPECT_EQ(memcmp(back.p, data.data(), data.size()), 0);
+
+  // Writes too, and the event-driven path: the completion fd wakes.
+  memset(buf.p, 0x77, 4096);
+  q.set_completion_fd_enabled(true);
+  q.write(0, buf.p, 4096, reinterpret_cast<void*>(7), kReqFua);
+  Completion e{};
+  int got = q.do_io(&e, 0, 1, nullptr);
+  t0 = Clock::now();
+  while (got == 0 && Clock::now() - t0 < std::chrono::seconds(10)) {
+    pollfd p{q.completion_fd(), POLLIN, 0};
+    ASSERT_GE(poll(&p, 1, 10000), 0);
+    got = q.do_io(&e, 0, 1, nullptr);
+  }
+  ASSERT_EQ(got, 1);
+  EXPECT_EQ(e.ret, 0);
+  EXPECT_EQ(e.user_data, reinterpret_cast<void*>(7));
+  q.set_completion_fd_enabled(false);
+  ASSERT_EQ(run_one(q, [&] { q.read(0, back.p, 4096, nullptr, 0); }).ret, 0);
+  EXPECT_EQ(back.p[0], 0x77);
+  EXPECT_EQ(back.p[4095], 0x77);
+}
+
+// reconnect-delay=5: requests made while the server is away wait for it
+// (here through the completion fd, as an event loop would); with the server
+// left away they fail with -EIO after about the delay.
+TEST(NbdDriver, ReconnectDelayHoldsRequests) {
+  ScratchFile file(16 << 20);
+  Nbdkit server({"file", file.path()});
+  auto dev = connect_nbd(server.uri(), {{"reconnect-delay", "5"}});
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(prop<int>(*dev, "reconnect-delay"), 5);
+  Queue& q = *dev->queue(0);
+  std::string data = pattern(65536, 33);
+  Buf buf(65536);
+  memcpy(buf.p, data.data(), buf.len);
+  ASSERT_EQ(run_one(q, [&] { q.write(0, buf.p, buf.len, nullptr, kReqFua); }).ret, 0);
+
+  server.kill_now();
+  notice_hangup(q);
+  Buf back(65536);
+  Completion c{};
+  int got = 0;
+  Clock::duration took{};
+  // The event loop on a thread of its own: nbdkit started by a thread that
+  // then exits is told to go (it follows its parent thread).
+  std::atomic<bool> parked{false};
+  std::thread loop([&] {
+    q.set_completion_fd_enabled(true);
+    iovec iov[2] = {{back.p, 4096}, {back.p + 4096, 65536 - 4096}};
+    q.readv(0, iov, 2, reinterpret_cast<void*>(1), 0);
+    EXPECT_EQ(q.do_io(&c, 0, 1, nullptr), 0);  // waits for the server
+    auto t0 = Clock::now();
+    parked = true;
+    while (got == 0 && Clock::now() - t0 < std::chrono::seconds(10)) {
+      pollfd p{q.completion_fd(), POLLIN, 0};
+      ASSERT_GE(poll(&p, 1, 10000), 0);
+      got = q.do_io(&c, 0, 1, nullptr);
+    }
+    took = Clock::now() - t0;
+    q.set_completion_fd_enabled(false);
+  });
+  while (!parked) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  server.start({"file", file.path()});
+  loop.join();
+  ASSERT_EQ(got, 1);
+  EXPECT_EQ(c.ret, 0) << (c.error_msg ? c.error_msg : "");
+  EXPECT_EQ(c.user_data, reinterpret_cast<void*>(1));
+  EXPECT_GE(took, std::chrono::milliseconds(800));  // it did wait for the restart
+  EXPECT_LT(took, std::chrono::seconds(4));
+  EXPECT_EQ(memcmp(back.p, data.data(), data.size()), 0);
+
+  // Left away: blocking do_io() waits about reconnect-delay, then -EIO.
+  // (No do_io() between the kill and the read: the read is the first to
+  // find the socket dead, and waits like the others.)
+  server.kill_now();
+  auto t0 = Clock::now();
+  c = run_one(q, [&] { q.read(0, back.p, 4096, nullptr, 0); });
+  took = Clock::now() - t0;
+  EXPECT_EQ(c.ret, -EIO);
+  ASSERT_NE(c.error_msg, nullptr);
+  EXPECT_NE(std::string(c.error_msg).find("reconnect-delay"), std::string::npos) << c.error_msg;
+  EXPECT_GE(took, std::chrono::milliseconds(4500));
+  EXPECT_LT(took, std::chrono::milliseconds(8000));
+}
+
+// A server that comes back with another export (a different size, or
+// read-only) is not silently served: the device stays failed with -EIO.
+TEST(NbdDriver, ReconnectToADifferentExportFails) {
+  for (int variant = 0; variant < 2; variant++) {
+    SCOPED_TRACE(variant == 0 ? "size" : "read-only");
+    ScratchFile file(16 << 20);
+    Nbdkit server({"file", file.path()});
+    auto dev = connect_nbd(server.uri(), {{"reconnect-delay", "0"}});
+    ASSERT_TRUE(dev);
+    Queue& q = *dev->queue(0);
+    Buf buf(4096);
+    ASSERT_EQ(run_one(q, [&] { q.read(0, buf.p, 4096, nullptr, 0); }).ret, 0);
+    server.kill_now();
+    notice_hangup(q);
+    if (variant == 0) {
+      file.resize(8 << 20);
+      server.start({"file", file.path()});
+    } else {
+      server.start({"-r", "file", file.path()});
+    }
+    const char* want = variant == 0 ? "size" : "read-only";
+    bool failed_for_good = false;
+    auto t0 = Clock::now();
+    while (!failed_for_good && Clock::now() - t0 < std::chrono::seconds(10)) {
+      Completion c = run_one(q, [&] { q.read(0, buf.p, 4096, nullptr, 0); });
+      ASSERT_EQ(c.ret, -EIO);
+      ASSERT_NE(c.error_msg, nullptr);
+      failed_for_good = std::string(c.error_msg).find(want) != std::string::npos;
+      if (!failed_for_good) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_TRUE(failed_for_good);
+    // And it stays failed, at once, for reads and writes.
+    for (int i = 0; i < 3; i++) {
+      t0 = Clock::now();
+      Completion c = run_one(q, [&] { q.write(0, buf.p, 4096, nullptr, 0); });
+      EXPECT_EQ(c.ret, -EIO);
+      ASSERT_NE(c.error_msg, nullptr);
+      EXPECT_NE(std::string(c.error_msg).find("not the one connected to"), std::string::npos) << c.error_msg;
+      EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    }
+  }
+}
+
+// Two queues on two threads, each with its own connection (multi-conn) or
+// both on one shared connection, ride out a restart.
+TEST(NbdDriver, ReconnectWithTwoQueuesOnTwoThreads) {
+  for (bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "shared connection" : "multi-conn");
+    ScratchFile file(16 << 20);
+    std::vector<std::string> args = {"file", file.path()};
+    if (shared) args = {"--filter=multi-conn", "file", file.path(), "multi-conn-mode=disable"};
+    Nbdkit server(args);
+    auto dev = connect_nbd(server.uri(), {{"reconnect-delay", "5"}}, 2);
+    ASSERT_TRUE(dev);
+    EXPECT_EQ(prop<int>(*dev, "connections"), shared ? 1 : 2);
+    std::atomic<int> phase{0};  // 1: killed
+    std::atomic<int> noticed{0};
+    auto worker = [&](int qi) {
+      Queue& q = *dev->queue(qi);
+      Buf buf(65536), back(65536);
+      uint64_t off = (qi + 1) * (1ull << 20);
+      memcpy(buf.p, pattern(65536, 50 + qi).data(), 65536);
+      EXPECT_EQ(run_one(q, [&] { q.write(off, buf.p, 65536, nullptr, 0); }).ret, 0);
+      EXPECT_EQ(run_one(q, [&] { q.flush(nullptr, 0); }).ret, 0);
+      while (phase.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      // No do_io() first: the write may be the first to find the socket
+      // dead, and still waits for the reconnection.
+      noticed++;
+      // Issued while the server is away; it is back within the delay.
+      memcpy(buf.p, pattern(65536, 60 + qi).data(), 65536);
+      auto t0 = Clock::now();
+      Completion c = run_one(q, [&] { q.write(off + 65536, buf.p, 65536, nullptr, 0); });
+      EXPECT_EQ(c.ret, 0) << (c.error_msg ? c.error_msg : "");
+      EXPECT_LT(Clock::now() - t0, std::chrono::seconds(4));
+      EXPECT_EQ(run_one(q, [&] { q.read(off, back.p, 65536, nullptr, 0); }).ret, 0);
+      EXPECT_EQ(memcmp(back.p, pattern(65536, 50 + qi).data(), 65536), 0) << "queue " << qi;
+      EXPECT_EQ(run_one(q, [&] { q.read(off + 65536, back.p, 65536, nullptr, 0); }).ret, 0);
+      EXPECT_EQ(memcmp(back.p, pattern(65536, 60 + qi).data(), 65536), 0) << "queue " << qi;
+    };
+    std::thread a(worker, 0), b(worker, 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    server.kill_now();
+    phase = 1;
+    while (noticed.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    server.start(args);
+    a.join();
+    b.join();
+  }
 }

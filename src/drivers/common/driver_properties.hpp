@@ -21,10 +21,11 @@ constexpr DriverProperty str_property(std::string_view name) {
           }};
 }
 
-// A timeout: 0 means none.
-template <class D, int D::*Field>
+// A timeout: 0 means none. Settable until connect unless `writable` says
+// otherwise.
+template <class D, int D::*Field, uint8_t writable = states::kCreated>
 constexpr DriverProperty seconds_property(std::string_view name) {
-  return {name, PropType::kInt, states::kAll, states::kCreated,
+  return {name, PropType::kInt, states::kAll, writable,
           [](const Driver& d) { return PropValue(static_cast<const D&>(d).*Field); },
           [](Driver& d, const PropValue& v) {
             int s = std::get<int>(v);

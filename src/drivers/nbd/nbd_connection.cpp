@@ -48,7 +48,7 @@ Result<std::string> uri_with_export(const std::string& uri, const std::string& e
   return uri.substr(0, cut) + encoded + uri.substr(rest);
 }
 
-Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
+Result<NbdHandle> nbd_start_connect(const std::string& uri) {
   NbdHandle h(nbd_create());
   if (!h) return nbd_error("nbd_create");
   // nbds+unix URIs name their PSK/certificate files in the query string.
@@ -65,34 +65,159 @@ Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
   // replies or without the context simply does not agree.
   if (nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION) < 0) return nbd_error("nbd_add_meta_context");
   if (nbd_aio_connect_uri(h.get(), uri.c_str()) < 0) return nbd_error(fmt::format("connect to {}", uri));
-  timespec limit{timeout_s, 0};
-  Deadline deadline(timeout_s > 0 ? &limit : nullptr);
-  while (nbd_aio_is_connecting(h.get())) {
-    unsigned dir = nbd_aio_get_direction(h.get());
-    pollfd p{nbd_aio_get_fd(h.get()), 0, 0};
+  return h;
+}
+
+Result<bool> nbd_drive_connect(nbd_handle* h, const std::string& uri, int wait_ms) {
+  uint64_t until = mono_ns() + static_cast<uint64_t>(std::max(wait_ms, 0)) * 1000000;
+  while (nbd_aio_is_connecting(h)) {
+    unsigned dir = nbd_aio_get_direction(h);
+    pollfd p{nbd_aio_get_fd(h), 0, 0};
+    if (p.fd < 0) break;
     if (dir & LIBNBD_AIO_DIRECTION_READ) p.events |= POLLIN;
     if (dir & LIBNBD_AIO_DIRECTION_WRITE) p.events |= POLLOUT;
-    if (deadline.passed()) {
-      return error(-ETIMEDOUT, "connect to {}: no answer within connect-timeout ({} s)", uri, timeout_s);
-    }
-    int wait = deadline.never() ? -1 : static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000 + 1, 1000));
-    if (p.fd < 0) break;
+    uint64_t now = mono_ns();
+    int wait = now >= until ? 0 : static_cast<int>((until - now + 999999) / 1000000);
     int r = ::poll(&p, 1, wait);
     if (r < 0 && errno != EINTR) return errno_error("poll");
-    if (r <= 0) continue;
+    if (r == 0) return false;  // nothing yet; call again
+    if (r < 0) continue;
     int rc = 0;
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
-      rc = nbd_aio_notify_read(h.get());
+      rc = nbd_aio_notify_read(h);
     } else if (p.revents & POLLOUT) {
-      rc = nbd_aio_notify_write(h.get());
+      rc = nbd_aio_notify_write(h);
     }
     if (rc < 0) return nbd_error(fmt::format("connect to {}", uri));
   }
-  if (!nbd_aio_is_ready(h.get())) {
+  if (!nbd_aio_is_ready(h)) {
     const char* msg = nbd_get_error();
     return error(-ECONNREFUSED, "connect to {}: {}", uri, msg ? msg : "the handshake did not complete");
   }
-  return h;
+  return true;
+}
+
+Result<NbdHandle> nbd_connect_within(const std::string& uri, int timeout_s) {
+  auto h = nbd_start_connect(uri);
+  if (!h) return h.status();
+  timespec limit{timeout_s, 0};
+  Deadline deadline(timeout_s > 0 ? &limit : nullptr);
+  while (true) {
+    int wait = deadline.never() ? 1000 : static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000 + 1, 1000));
+    auto r = nbd_drive_connect(h->get(), uri, wait);
+    if (!r) return r.status();
+    if (*r) return h;
+    if (deadline.passed()) {
+      return error(-ETIMEDOUT, "connect to {}: no answer within connect-timeout ({} s)", uri, timeout_s);
+    }
+  }
+}
+
+NbdNegotiated nbd_negotiated(nbd_handle* h) {
+  NbdNegotiated n;
+  n.size = nbd_get_size(h);
+  n.read_only = nbd_is_read_only(h) == 1;
+  n.can_flush = nbd_can_flush(h) == 1;
+  n.can_fua = nbd_can_fua(h) == 1;
+  n.can_zero = nbd_can_zero(h) == 1;
+  n.can_fast_zero = nbd_can_fast_zero(h) == 1;
+  n.can_trim = nbd_can_trim(h) == 1;
+  n.can_multi_conn = nbd_can_multi_conn(h) == 1;
+  n.base_allocation = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  n.min_block = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+  n.pref_block = nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED);
+  n.max_block = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  return n;
+}
+
+std::string nbd_negotiated_diff(const NbdNegotiated& was, const NbdNegotiated& now) {
+  std::string out;
+  auto add = [&](const char* what, auto a, auto b) {
+    if (a == b) return;
+    if (!out.empty()) out += ", ";
+    out += fmt::format("{} {} -> {}", what, a, b);
+  };
+  add("size", was.size, now.size);
+  add("read-only", was.read_only, now.read_only);
+  add("flush", was.can_flush, now.can_flush);
+  add("fua", was.can_fua, now.can_fua);
+  add("write-zeroes", was.can_zero, now.can_zero);
+  add("fast-zero", was.can_fast_zero, now.can_fast_zero);
+  add("trim", was.can_trim, now.can_trim);
+  add("multi-conn", was.can_multi_conn, now.can_multi_conn);
+  add("base:allocation", was.base_allocation, now.base_allocation);
+  add("minimum block size", was.min_block, now.min_block);
+  add("preferred block size", was.pref_block, now.pref_block);
+  add("maximum block size", was.max_block, now.max_block);
+  return out;
+}
+
+NbdLink::NbdLink(NbdHandle h, std::shared_ptr<const NbdReconnectParams> params)
+    : params_(std::move(params)), cur_(h.get()) {
+  handles_.push_back(std::move(h));
+}
+
+void NbdLink::schedule_retry(uint64_t now) {
+  constexpr uint64_t kFirst = 100'000'000, kMost = 2'000'000'000;
+  backoff_ns_ = backoff_ns_ == 0 ? kFirst : std::min(backoff_ns_ * 2, kMost);
+  next_attempt_ns_ = now + backoff_ns_;
+}
+
+NbdLink::State NbdLink::poke(int wait_ms) {
+  State s = state();
+  if (s == State::kFailed) return s;
+  if (s == State::kUp && alive()) return s;
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (!lock) return state() == State::kUp && alive() ? State::kUp : state() == State::kFailed ? State::kFailed : State::kDown;
+  uint64_t now = mono_ns();
+  s = state();
+  if (s == State::kFailed) return s;
+  if (s == State::kUp) {
+    if (alive()) return s;
+    // Found dead: the first attempt at once, then with a growing back-off.
+    state_.store(State::kDown, std::memory_order_release);
+    next_attempt_ns_ = now;
+    backoff_ns_ = 0;
+  }
+  if (!connecting_) {
+    if (now < next_attempt_ns_) return State::kDown;
+    auto h = nbd_start_connect(params_->uri);
+    if (!h) {
+      schedule_retry(now);
+      return State::kDown;
+    }
+    connecting_ = std::move(h.value());
+    int t = params_->connect_timeout_s > 0 ? params_->connect_timeout_s : 30;
+    attempt_deadline_ns_ = now + static_cast<uint64_t>(t) * 1'000'000'000;
+  }
+  auto r = nbd_drive_connect(connecting_.get(), params_->uri, wait_ms);
+  if (r && !*r) {
+    if (mono_ns() < attempt_deadline_ns_) return State::kDown;
+    r = error(-ETIMEDOUT, "no answer within connect-timeout");
+  }
+  if (!r) {
+    connecting_.reset();
+    schedule_retry(mono_ns());
+    return State::kDown;
+  }
+  NbdNegotiated now_n = nbd_negotiated(connecting_.get());
+  std::string diff = nbd_negotiated_diff(params_->expected, now_n);
+  if (!diff.empty()) {
+    failure_ = fmt::format("nbd: reconnected to {}, but the export is not the one connected to ({}); the device "
+                           "stays failed",
+                           params_->uri, diff);
+    connecting_.reset();
+    state_.store(State::kFailed, std::memory_order_release);
+    return State::kFailed;
+  }
+  handles_.push_back(std::move(connecting_));
+  // Cleared before the new handle is seen: its own death cannot be missed.
+  suspect_.store(false, std::memory_order_relaxed);
+  cur_.store(handles_.back().get(), std::memory_order_release);
+  gen_.fetch_add(1, std::memory_order_acq_rel);
+  backoff_ns_ = 0;
+  state_.store(State::kUp, std::memory_order_release);
+  return State::kUp;
 }
 
 namespace {

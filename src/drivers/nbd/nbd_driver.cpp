@@ -36,12 +36,14 @@ class NbdDriver final : public Driver {
   std::string export_;
   int connections_ = 0;  // 0: one per queue when safe, else 1
   int connect_timeout_s_ = 30;
+  int reconnect_delay_s_ = 0;  // how long requests wait for a reconnection
 
   std::string full_uri_;
   bool read_only_ = false;
   bool multi_conn_ = false;
   uint64_t size_ = 0;
   NbdCaps caps_;
+  std::shared_ptr<NbdReconnectParams> reconnect_;  // what every connection must negotiate again
   std::shared_ptr<NbdLink> first_;  // from connect until start
   std::vector<std::shared_ptr<NbdLink>> conns_;
   size_t next_conn_ = 0;
@@ -72,6 +74,9 @@ std::span<const DriverProperty> NbdDriver::properties() const {
          return Status{};
        }},
       seconds_property<NbdDriver, &NbdDriver::connect_timeout_s_>("connect-timeout"),
+      // Read by the queues when they are made.
+      seconds_property<NbdDriver, &NbdDriver::reconnect_delay_s_, states::kCreated | states::kConnected>(
+          "reconnect-delay"),
       {"can-multi-conn", PropType::kBool, kAfterConnect, kNone,
        [](const Driver& d) { return PropValue(self(d).multi_conn_); }, nullptr},
   };
@@ -81,7 +86,7 @@ std::span<const DriverProperty> NbdDriver::properties() const {
 Result<std::shared_ptr<NbdLink>> NbdDriver::open_connection() const {
   auto h = nbd_connect_within(full_uri_, connect_timeout_s_);
   if (!h) return h.status();
-  return std::make_shared<NbdLink>(std::move(h.value()));
+  return std::make_shared<NbdLink>(std::move(h.value()), reconnect_);
 }
 
 Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
@@ -89,9 +94,13 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   auto full = uri_with_export(uri_, export_);
   if (!full) return full.status();
   full_uri_ = *full;
-  auto first = open_connection();
-  if (!first) return first.status();
-  nbd_handle* h = (*first)->get();
+  auto h0 = nbd_connect_within(full_uri_, connect_timeout_s_);
+  if (!h0) return h0.status();
+  nbd_handle* h = h0->get();
+  reconnect_ = std::make_shared<NbdReconnectParams>();
+  reconnect_->uri = full_uri_;
+  reconnect_->connect_timeout_s = connect_timeout_s_;
+  reconnect_->expected = nbd_negotiated(h);
 
   int64_t size = nbd_get_size(h);
   if (size < 0) return nbd_error("export size");
@@ -141,7 +150,7 @@ Status NbdDriver::connect(bool& read_only, DeviceInfo& info) {
   // answer holds for all. A server without the context: everything is data.
   info.can_report_holes = caps_.can_block_status;
   conns_.clear();
-  first_ = std::move(first.value());
+  first_ = std::make_shared<NbdLink>(std::move(h0.value()), reconnect_);
   return {};
 }
 
@@ -162,12 +171,10 @@ Status NbdDriver::start(int num_queues, int num_poll_queues) {
   while (static_cast<int>(conns_.size()) < want) {
     auto c = open_connection();
     if (!c) return c.status();
-    if (nbd_get_size((*c)->get()) != static_cast<int64_t>(size_)) {
-      return error(-EIO, "connection {} to {}: the export changed size", conns_.size(), full_uri_);
-    }
-    if ((nbd_can_meta_context((*c)->get(), LIBNBD_CONTEXT_BASE_ALLOCATION) == 1) != caps_.can_block_status) {
-      return error(-EIO, "connection {} to {}: the server changed its mind about base:allocation", conns_.size(),
-                   full_uri_);
+    std::string diff = nbd_negotiated_diff(reconnect_->expected, nbd_negotiated((*c)->get()));
+    if (!diff.empty()) {
+      return error(-EIO, "connection {} to {}: the export is not the one connected to ({})", conns_.size(),
+                   full_uri_, diff);
     }
     conns_.push_back(std::move(c.value()));
   }
@@ -177,7 +184,7 @@ Status NbdDriver::start(int num_queues, int num_poll_queues) {
 Result<std::unique_ptr<DriverQueue>> NbdDriver::create_queue(bool poll) {
   if (poll) return error(-ENOTSUP, "the nbd driver has no poll queues");
   if (conns_.empty()) return error(-EIO, "nbd driver: no connection");
-  auto q = std::make_unique<NbdQueue>(conns_[next_conn_++ % conns_.size()], caps_);
+  auto q = std::make_unique<NbdQueue>(conns_[next_conn_++ % conns_.size()], caps_, reconnect_delay_s_);
   if (!q->ok()) return errno_error("nbd queue: eventfd/epoll");
   return std::unique_ptr<DriverQueue>(std::move(q));
 }

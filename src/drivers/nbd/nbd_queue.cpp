@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -24,6 +25,20 @@ struct Driving {
   ~Driving() { t_driving = saved; }
 };
 
+// While requests are parked, the completion fd ticks this often: event
+// loops come back to do_io(), which drives the reconnection and fails
+// requests whose reconnect-delay ran out.
+constexpr long kTickNs = 50'000'000;
+// How long do_io() that waits may wait for the server's answers while
+// connecting again, in one go.
+constexpr int kConnectWaitMs = 20;
+
+const char kDownMsg[] = "nbd: the connection to the server is gone; reconnecting (reconnect-delay=0)";
+const char kDelayMsg[] = "nbd: the server did not come back within reconnect-delay";
+
+// How libnbd fails the commands of a connection that died.
+bool connection_error(int e) { return e == ENOTCONN || e == ESHUTDOWN || e == ECONNRESET || e == EPIPE; }
+
 int libnbd_errno() {
   int e = nbd_get_errno();
   return e > 0 ? e : EIO;
@@ -31,10 +46,13 @@ int libnbd_errno() {
 
 }  // namespace
 
-NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps) : conn_(std::move(conn)), caps_(caps) {
+NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps, int reconnect_delay_s)
+    : conn_(std::move(conn)), caps_(caps), reconnect_delay_s_(reconnect_delay_s) {
   conn_->queues++;
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  gen_seen_ = conn_->generation();
   int sock = nbd_aio_get_fd(conn_->get());
   if (!ok()) return;
   // blkio(3): the completion fd is non-blocking (applications may read it).
@@ -42,7 +60,8 @@ NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps) : conn_(std::mov
   epoll_event ev{};
   ev.events = EPOLLIN;
   ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-  if (sock >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev);
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), &ev);
+  if (sock >= 0 && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev) == 0) sock_fd_ = sock;
   ready_.reserve(64);
 }
 
@@ -61,8 +80,112 @@ NbdQueue::~NbdQueue() {
 }
 
 bool NbdQueue::connection_alive() const {
-  nbd_handle* h = conn_->get();
-  return !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
+  if (conn_->alive()) return true;
+  conn_->suspect();
+  return false;
+}
+
+bool NbdQueue::link_needs_care() const {
+  return conn_->suspected() || conn_->generation() != gen_seen_ || !parked_.empty();
+}
+
+void NbdQueue::sync_socket() {
+  uint64_t g = conn_->generation();
+  bool alive = connection_alive();
+  if (g == gen_seen_ && (alive || sock_fd_ < 0)) return;
+  // A dead handle's socket is closed (and so left the epoll set), or about
+  // to be: take it out ourselves so a hang-up cannot keep waking the set.
+  if (sock_fd_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, sock_fd_, nullptr);
+  sock_fd_ = -1;
+  if (g == gen_seen_) return;
+  gen_seen_ = g;
+  if (!alive) return;
+  int sock = nbd_aio_get_fd(conn_->get());
+  if (sock < 0) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev) == 0 ||
+      (errno == EEXIST && ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, sock, &ev) == 0)) {
+    sock_fd_ = sock;
+  }
+}
+
+void NbdQueue::arm_timer(bool on) {
+  if (on == timer_armed_) return;
+  itimerspec its{};
+  if (on) {
+    its.it_value = {0, kTickNs};
+    its.it_interval = {0, kTickNs};
+  }
+  ::timerfd_settime(timer_.get(), 0, &its, nullptr);
+  if (!on) {
+    uint64_t ticks;  // an expiry not yet read would keep the completion fd readable
+    (void)!::read(timer_.get(), &ticks, sizeof ticks);
+  }
+  timer_armed_ = on;
+}
+
+void NbdQueue::park(uint32_t slot, const Request& req, uint64_t deadline_ns) {
+  if (deadline_ns == 0) deadline_ns = mono_ns() + static_cast<uint64_t>(reconnect_delay_s_) * 1'000'000'000;
+  Parked p{slot, req, {}, deadline_ns};
+  if (req.op == Op::kReadv || req.op == Op::kWritev) {
+    p.iov.assign(req.iov, req.iov + req.iovcnt);
+  }
+  parked_.push_back(std::move(p));
+  // (buf and iov share their storage in Request: only vectored ones.)
+  if (req.op == Op::kReadv || req.op == Op::kWritev) parked_.back().req.iov = parked_.back().iov.data();
+  arm_timer(true);
+}
+
+void NbdQueue::fail_now(uint32_t slot, const char* msg) {
+  Cmd* c = new_cmd(slot, 1);
+  c->msg = msg;
+  fail_part(c, EIO);
+}
+
+void NbdQueue::service_link(int wait_ms) {
+  if (timer_armed_) {
+    uint64_t ticks;
+    (void)!::read(timer_.get(), &ticks, sizeof ticks);
+  }
+  NbdLink::State st = NbdLink::State::kUp;
+  if (!connection_alive() || conn_->generation() != gen_seen_) {
+    st = conn_->poke(wait_ms);
+    sync_socket();
+  } else if (conn_->suspected() && conn_->state() == NbdLink::State::kUp) {
+    conn_->unsuspect();  // a false alarm: the handle is alive
+  }
+  if (!parked_.empty()) {
+    if (st == NbdLink::State::kUp) {
+      // Back: send what waited, in the order it came. (A move first:
+      // submitting may run callbacks, never park(), but keep it simple.)
+      std::vector<Parked> go;
+      go.swap(parked_);
+      for (Parked& p : go) {
+        if (p.req.op == Op::kReadv || p.req.op == Op::kWritev) p.req.iov = p.iov.data();
+        submit_now(p.slot, p.req, p.deadline_ns);
+      }
+    } else if (st == NbdLink::State::kFailed) {
+      for (Parked& p : parked_) fail_now(p.slot, conn_->failure());
+      parked_.clear();
+    } else {
+      uint64_t now = mono_ns();
+      size_t keep = 0;
+      for (size_t i = 0; i < parked_.size(); i++) {
+        if (parked_[i].deadline_ns <= now) {
+          fail_now(parked_[i].slot, kDelayMsg);
+        } else {
+          if (keep != i) parked_[keep] = std::move(parked_[i]);
+          keep++;
+        }
+      }
+      parked_.resize(keep);
+      for (Parked& p : parked_) {
+        if (p.req.op == Op::kReadv || p.req.op == Op::kWritev) p.req.iov = p.iov.data();
+      }
+    }
+  }
+  arm_timer(!parked_.empty());
 }
 
 void NbdQueue::notify() { eventfd_write(wake_.get(), 1); }
@@ -80,6 +203,7 @@ NbdQueue::Cmd* NbdQueue::new_cmd(uint32_t slot, uint32_t parts) {
   c->slot = slot;
   c->parts.store(parts, std::memory_order_relaxed);
   c->err.store(0, std::memory_order_relaxed);
+  c->msg = nullptr;
   in_flight_++;
   return c;
 }
@@ -89,6 +213,10 @@ int NbdQueue::on_command_done(void* user_data, int* error) {
   if (*error) {
     int expected = 0;
     c->err.compare_exchange_strong(expected, *error);
+    // libnbd fails the commands of a connection that died with ENOTCONN.
+    if (connection_error(*error)) {
+      c->queue->conn_->suspect();
+    }
   }
   c->queue->release_parts(c, 1);
   return 1;  // retire the command: we never ask libnbd about it again
@@ -127,6 +255,25 @@ void NbdQueue::fail_part(Cmd* c, int err) {
 void NbdQueue::enqueue(uint32_t slot, const Request& req) {
   Driving d(this);
   stats_.plain_ops++;
+  if (link_needs_care()) [[unlikely]] {
+    service_link(0);
+    if (!connection_alive() || !parked_.empty()) {
+      NbdLink::State st = conn_->state();
+      if (st == NbdLink::State::kFailed) {
+        fail_now(slot, conn_->failure());
+      } else if (reconnect_delay_s_ == 0) {
+        fail_now(slot, kDownMsg);
+      } else {
+        park(slot, req);
+      }
+      if (ready_head_ < ready_.size()) notify();
+      return;
+    }
+  }
+  submit_now(slot, req);
+}
+
+void NbdQueue::submit_now(uint32_t slot, const Request& req, uint64_t deadline_ns) {
   uint32_t parts = 1;
   if (req.op == Op::kReadv || req.op == Op::kWritev) {
     parts = 0;
@@ -136,6 +283,17 @@ void NbdQueue::enqueue(uint32_t slot, const Request& req) {
   // not finish the request before every command of it is issued.
   Cmd* c = new_cmd(slot, parts + 1);
   issue(c, req);
+  if (reconnect_delay_s_ > 0 && c->parts.load(std::memory_order_acquire) == 1 &&
+      connection_error(c->err.load(std::memory_order_relaxed)) && !connection_alive()) [[unlikely]] {
+    // Every command of it failed while being issued, on a connection that
+    // turned out dead (nobody had read the hang-up yet): it waits for the
+    // reconnection like a request made a moment later. (Reads and writes
+    // may be sent twice; both are idempotent.)
+    in_flight_--;
+    free_.push_back(c);
+    park(slot, req, deadline_ns);
+    return;
+  }
   release_parts(c, 1);
   // Issuing runs libnbd's state machine, which may read replies (it reads
   // while a send would block, against deadlock) or fail the request at once:
@@ -147,7 +305,10 @@ void NbdQueue::issue(Cmd* c, const Request& req) {
   nbd_handle* h = conn_->get();
   nbd_completion_callback done{.callback = &NbdQueue::on_command_done, .user_data = c, .free = nullptr};
   auto check = [&](int64_t cookie) {
-    if (cookie < 0) fail_part(c, libnbd_errno());
+    if (cookie < 0) {
+      conn_->suspect();  // most likely a dead handle; service_link() will look
+      fail_part(c, libnbd_errno());
+    }
   };
   uint32_t fua = (req.flags & kReqFua) ? LIBNBD_CMD_FLAG_FUA : 0;
   switch (req.op) {
@@ -229,14 +390,18 @@ void NbdQueue::pump(Read read) {
     // poll() said readable: look again.
     bool readable = (read == Read::kReadable && !shared) || socket_readable();
     while (readable && (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_READ)) {
-      if (nbd_aio_notify_read(h) < 0 || !connection_alive()) return;
+      if (nbd_aio_notify_read(h) < 0) {
+        conn_->suspect();
+        return;
+      }
+      if (!connection_alive()) return;
       // With nothing in flight no reply can follow (a hang-up will wake the
       // completion fd by itself): spare the poll(), one system call in four
       // per request at depth 1.
       readable = nbd_aio_in_flight(h) > 0 && socket_readable();
     }
   }
-  if (nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) nbd_aio_notify_write(h);
+  if ((nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) && nbd_aio_notify_write(h) < 0) conn_->suspect();
 }
 
 NbdQueue::Read NbdQueue::wait(const struct timespec* timeout, const sigset_t* sig, int& err) {
@@ -247,13 +412,21 @@ NbdQueue::Read NbdQueue::wait(const struct timespec* timeout, const sigset_t* si
     fds[1].events = POLLIN | ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0);
   }
   err = 0;
+  // Requests parked for a reconnection: come back every tick to drive it
+  // and to fail those whose reconnect-delay ran out.
+  timespec tick{0, kTickNs};
+  bool capped = false;
+  if (!parked_.empty() && (!timeout || to_ns(*timeout) > static_cast<uint64_t>(kTickNs))) {
+    timeout = &tick;
+    capped = true;
+  }
   int r = ::ppoll(fds, 2, timeout, sig);
   if (r < 0) {
     err = errno == EINTR ? -EINTR : -errno;
     return Read::kNo;
   }
   if (r == 0) {
-    err = -ETIME;
+    err = capped ? 0 : -ETIME;
     return Read::kNo;
   }
   if (fds[0].revents & POLLIN) {
@@ -278,7 +451,11 @@ unsigned NbdQueue::reap(Queue& owner, unsigned budget) {
     int err = c->err.load(std::memory_order_acquire);
     uint32_t slot = c->slot;
     free_.push_back(c);
-    owner.complete(slot, err ? -err : static_cast<int>(owner.expected(slot)));
+    if (err) [[unlikely]] {
+      owner.complete(slot, -err, c->msg);
+    } else {
+      owner.complete(slot, static_cast<int>(owner.expected(slot)));
+    }
     n++;
   }
   if (ready_head_ == ready_.size()) {
@@ -296,6 +473,10 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   // not wait was most likely woken by the completion fd: read.
   read_since_wait_ = false;
   pump(wait_for == 0 ? Read::kIfReadable : Read::kNo);
+  // After the read: a hang-up read just now has made the handle dead.
+  if (link_needs_care()) [[unlikely]] {
+    service_link(wait_for == 0 ? 0 : kConnectWaitMs);
+  }
   collect();
   unsigned n = reap(owner, budget);
   int err = 0;
@@ -304,6 +485,11 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
     while (n < wait_for) {
       timespec left = deadline.never() ? timespec{} : deadline.left();
       pump(wait(deadline.never() ? nullptr : &left, sig, err));
+      if (link_needs_care()) [[unlikely]] {
+        int ms = kConnectWaitMs;
+        if (!deadline.never()) ms = static_cast<int>(std::min<uint64_t>(to_ns(deadline.left()) / 1000000, ms));
+        service_link(ms);
+      }
       collect();
       n += reap(owner, budget - n);
       if (err < 0) break;

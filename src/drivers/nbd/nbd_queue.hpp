@@ -10,6 +10,8 @@
 #include <mutex>
 #include <vector>
 
+#include <sys/uio.h>
+
 #include "core/driver.hpp"
 #include "core/fd.hpp"
 #include "drivers/nbd/nbd_connection.hpp"
@@ -29,7 +31,9 @@ struct NbdCaps {
 
 class NbdQueue final : public DriverQueue {
  public:
-  NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps);
+  // reconnect_delay_s: how long a request made while the connection is
+  // being made again waits for it (0: it fails at once).
+  NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps, int reconnect_delay_s);
   ~NbdQueue() override;
 
   void enqueue(uint32_t slot, const Request& req) override;
@@ -40,7 +44,7 @@ class NbdQueue final : public DriverQueue {
   DriverQueueStats stats() const override { return stats_; }
   bool supports_block_status() const override { return caps_.can_block_status; }
 
-  bool ok() const { return epoll_.valid() && wake_.valid(); }
+  bool ok() const { return epoll_.valid() && wake_.valid() && timer_.valid(); }
 
  private:
   // One request in flight: libnbd calls back once per command it was split
@@ -56,6 +60,16 @@ class NbdQueue final : public DriverQueue {
     // acquire/release) and the offset asked.
     AllocationExtent* extent;
     uint64_t offset;
+    const char* msg;  // for the completion when failed by the driver itself, else nullptr
+  };
+
+  // A request made while the connection is down, waiting for it to come
+  // back (reconnect-delay).
+  struct Parked {
+    uint32_t slot;
+    Request req;
+    std::vector<iovec> iov;  // req.iov points here
+    uint64_t deadline_ns;
   };
 
   static int on_command_done(void* user_data, int* error);
@@ -66,6 +80,19 @@ class NbdQueue final : public DriverQueue {
   void finish(Cmd* c);                     // c's request is over: hand it to our thread
   void fail_part(Cmd* c, int err);         // an nbd_aio_* call refused a part
   void issue(Cmd* c, const Request& req);
+  // deadline_ns: when it was parked before, its reconnect-delay's end.
+  void submit_now(uint32_t slot, const Request& req, uint64_t deadline_ns = 0);
+  void fail_now(uint32_t slot, const char* msg);
+
+  // Reconnection: notices a dead connection, has the link make it again,
+  // moves the socket in the epoll set to the new handle, sends parked
+  // requests once it is back and fails those whose reconnect-delay ran out
+  // (or all of them when the device failed for good). wait_ms: how long it
+  // may wait for the server's answers while connecting.
+  void service_link(int wait_ms);
+  void sync_socket();
+  void park(uint32_t slot, const Request& req, uint64_t deadline_ns = 0);  // 0: reconnect-delay from now
+  void arm_timer(bool on);
 
   enum class Read { kNo, kIfReadable, kReadable };
   // Reads every reply in the socket (unless kNo; kReadable: poll() just said
@@ -79,12 +106,20 @@ class NbdQueue final : public DriverQueue {
   // Moves finished requests from other threads into ready_.
   void collect();
   unsigned reap(Queue& owner, unsigned budget);
-  bool connection_alive() const;
+  bool connection_alive() const;  // (sets the link's hint when not)
+  // The link may have died, has a new handle, or requests wait for it.
+  bool link_needs_care() const;
 
   std::shared_ptr<NbdLink> conn_;
   NbdCaps caps_;
   UniqueFd wake_;   // eventfd: other threads finished our requests
-  UniqueFd epoll_;  // the completion fd: the socket (readable) and wake_
+  UniqueFd epoll_;  // the completion fd: the socket (readable), wake_ and timer_
+  UniqueFd timer_;  // ticks while requests are parked, so event loops come back to us
+  bool timer_armed_ = false;
+  int sock_fd_ = -1;       // the socket in epoll_
+  uint64_t gen_seen_ = 0;  // conn_->generation() that sock_fd_ belongs to
+  int reconnect_delay_s_ = 0;
+  std::vector<Parked> parked_;
 
   std::mutex inbox_mu_;
   std::vector<Cmd*> inbox_;  // finished by other threads
