@@ -103,20 +103,10 @@ class Queue {
 
  public:
   // The driver finished the step in flight for `slot` with `res` (>= 0
-  // success, negative errno failure).
-  void complete(uint32_t slot, int res) {
-    Slot& s = slots_[slot];
-    if (s.stage == 0) [[likely]] {
-      emit(s.user_data, res < 0 ? res : 0, nullptr);
-      release(slot);
-    } else {
-      advance(slot, res);
-    }
-  }
-  // The same, failed with a message for the completion's error_msg (a
-  // string that outlives the queue's use of it). Multi-step requests keep
-  // only the error code.
-  void complete(uint32_t slot, int res, const char* msg) {
+  // success, negative errno failure). A failure may carry a message for the
+  // completion's error_msg (a string that outlives the queue's use of it);
+  // multi-step requests keep only the error code.
+  void complete(uint32_t slot, int res, const char* msg = nullptr) {
     Slot& s = slots_[slot];
     if (s.stage == 0) [[likely]] {
       emit(s.user_data, res < 0 ? res : 0, res < 0 ? msg : nullptr);
