@@ -20,7 +20,7 @@ for copy in kernel get-data user; do
   mkfs.ext4 -q -F -E nodiscard /dev/ublkb0
   mkdir -p "$SCRATCH/mnt"
   mount /dev/ublkb0 "$SCRATCH/mnt"
-  for i in 1 2 3 4; do head -c 16M /dev/urandom >"$SCRATCH/mnt/f$i"; done
+  for i in 1 2 3 4; do head -c 8M /dev/urandom >"$SCRATCH/mnt/f$i"; done
   (cd "$SCRATCH/mnt" && sha256sum f* >"$SCRATCH/sums")
   umount "$SCRATCH/mnt"
   echo 3 >/proc/sys/vm/drop_caches

@@ -18,7 +18,7 @@ truncate -s 512M "$img"
 fio_verify() {  # fio_verify DEV NAME [extra fio args]: write+verify, 2 jobs on 2 CPUs
   local dev=$1 name=$2; shift 2
   fio --name="$name" --filename="$dev" --direct=1 --ioengine=io_uring --iodepth=32 --bs=4k \
-    --rw=randwrite --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+    --rw=randwrite --size=32M --verify=crc32c --verify_fatal=1 --do_verify=1 \
     --numjobs=2 --offset_increment=128M --cpus_allowed_policy=split --cpus_allowed=0-1 \
     --group_reporting --output-format=terse --terse-version=3 "$@" >"$SCRATCH/fio-$name.out" \
     || { cat "$SCRATCH/fio-$name.out" >&2; return 1; }
@@ -48,7 +48,7 @@ start_daemon --threads 2 --blockdev "io_uring,id=d0,path=$img" \
   --export "ublk,blockdev=d0,id=0,queues=2,depth=64,recovery=on"
 wait_for_block /dev/ublkb0
 fio --name=crash --filename=/dev/ublkb0 --direct=1 --ioengine=io_uring --iodepth=32 --bs=4k \
-  --rw=randwrite --size=128M --verify=crc32c --verify_fatal=1 --do_verify=1 --numjobs=2 \
+  --rw=randwrite --size=64M --verify=crc32c --verify_fatal=1 --do_verify=1 --numjobs=2 \
   --offset_increment=192M --cpus_allowed_policy=split --cpus_allowed=0-1 --group_reporting \
   --output-format=terse --terse-version=3 >"$SCRATCH/fio-crash.out" 2>&1 &
 fio_pid=$!
@@ -63,10 +63,10 @@ start_daemon --threads 2 --blockdev "io_uring,id=d0,path=$img" \
   --export "ublk,blockdev=d0,id=0,queues=2,depth=64,recovery=on"
 grep -q 'recovered=true' "$SCRATCH/daemon.log" || fail "the new daemon did not recover the device"
 wait $fio_pid || { cat "$SCRATCH/fio-crash.out" >&2; fail "fio failed across the crash"; }
-echo "   fio wrote and verified 2 x 128 MiB across the crash"
+echo "   fio wrote and verified 2 x 64 MiB across the crash"
 # And the data is on the image: read back through a fresh fio verify-only run.
 fio --name=crash --filename=/dev/ublkb0 --direct=1 --ioengine=io_uring --iodepth=32 --bs=4k \
-  --rw=randwrite --size=128M --verify=crc32c --verify_fatal=1 --verify_only=1 --numjobs=2 \
+  --rw=randwrite --size=64M --verify=crc32c --verify_fatal=1 --verify_only=1 --numjobs=2 \
   --offset_increment=192M --group_reporting --output-format=terse >/dev/null \
   || fail "data written before and after the crash does not verify"
 stop_daemon || fail "daemon exit status after recovery"
