@@ -31,7 +31,7 @@ constexpr uint32_t kDefaultInlineMax = 64 * 1024;
 // written by a memory copy that never waits for a device. io_uring does a
 // read or write in the submitting thread only for files that promise not to
 // block (FMODE_NOWAIT); where the kernel makes no such promise for these
-// files (RWF_NOWAIT fails with EOPNOTSUPP: Linux 6.1 to 6.18 at least) it
+// files (RWF_NOWAIT fails with EOPNOTSUPP: checked on Linux 6.12 and 6.18) it
 // hands every request to an io-wq worker thread, which costs a wakeup and
 // two context switches around a copy of a microsecond or so. For those we
 // do the copy ourselves. Kernels that can do it inline keep the ring.
