@@ -19,6 +19,7 @@
 #include <cstring>
 #include <thread>
 
+#include "drivers/nbd/nbd_connection.hpp"
 #include "native_test_util.hpp"
 
 extern char** environ;
@@ -917,6 +918,32 @@ TEST(NbdDriver, ReconnectToADifferentExportFails) {
       std::this_thread::sleep_for(std::chrono::milliseconds(150));
     }
   }
+}
+
+// A handle that died or closed refuses new commands with EINVAL ("invalid state"),
+// not with a connection error. A queue on a shared connection can issue on
+// it before anyone has marked the link suspect; unless the refusal reads as
+// ENOTCONN the request fails with -EINVAL instead of waiting for the
+// reconnection (the race ReconnectWithTwoQueuesOnTwoThreads once lost).
+TEST(NbdDriver, ADeadHandleRefusesAsNotConnected) {
+  ScratchFile file(1 << 20);
+  Nbdkit server({"file", file.path()});
+  std::unique_ptr<nbd_handle, blkstack::NbdHandleCloser> h(nbd_create());
+  ASSERT_TRUE(h);
+  ASSERT_EQ(nbd_connect_uri(h.get(), server.uri().c_str()), 0) << nbd_get_error();
+  nbd_handle* hp = h.get();
+  server.kill_now();
+  // Read the hang-up: the handle dies (closed, when nothing was in flight).
+  auto gone = [&] { return nbd_aio_is_dead(hp) || nbd_aio_is_closed(hp); };
+  for (int i = 0; i < 100 && !gone(); i++) {
+    pollfd p{nbd_aio_get_fd(hp), POLLIN, 0};
+    if (::poll(&p, 1, 100) > 0) nbd_aio_notify_read(hp);
+  }
+  ASSERT_TRUE(gone());
+  char buf[512] = {};
+  ASSERT_LT(nbd_aio_pwrite(hp, buf, sizeof buf, 0, NBD_NULL_COMPLETION, 0), 0);
+  EXPECT_EQ(nbd_get_errno(), EINVAL) << "libnbd changed how it refuses: " << nbd_get_error();
+  EXPECT_EQ(blkstack::nbd_refusal_errno(hp), ENOTCONN);
 }
 
 // Two queues on two threads, each with its own connection (multi-conn) or

@@ -7,6 +7,7 @@
 #include <libnbd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -118,6 +119,17 @@ class NbdLink {
 
 // The last libnbd error as a Status (libnbd keeps it per thread).
 Status nbd_error(std::string_view what);
+
+// The errno for an nbd_aio_* call on `h` that just refused a command.
+// libnbd refuses commands on a handle that died with EINVAL ("invalid
+// state"), which would read as a bad request: that is ENOTCONN here, so the
+// caller treats it as the lost connection it is.
+// (Inline: the driver is a module, and the tests check this against libnbd.)
+inline int nbd_refusal_errno(nbd_handle* h) {
+  if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) return ENOTCONN;
+  int e = nbd_get_errno();
+  return e > 0 ? e : EIO;
+}
 
 // The URI with `export_name` as its path (percent-encoded). Fails when the
 // URI already names an export: two names for one export is a mistake.

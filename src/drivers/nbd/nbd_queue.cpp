@@ -39,11 +39,6 @@ const char kDelayMsg[] = "nbd: the server did not come back within reconnect-del
 // How libnbd fails the commands of a connection that died.
 bool connection_error(int e) { return e == ENOTCONN || e == ESHUTDOWN || e == ECONNRESET || e == EPIPE; }
 
-int libnbd_errno() {
-  int e = nbd_get_errno();
-  return e > 0 ? e : EIO;
-}
-
 }  // namespace
 
 NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps, int reconnect_delay_s)
@@ -282,9 +277,14 @@ void NbdQueue::submit_now(uint32_t slot, const Request& req, uint64_t deadline_n
   // One extra part held while issuing: a reply read by another thread must
   // not finish the request before every command of it is issued.
   Cmd* c = new_cmd(slot, parts + 1);
-  issue(c, req);
+  // The handle is read once: another queue on a shared connection may put
+  // a new one in meanwhile, and what matters below is whether the one we
+  // used died.
+  nbd_handle* h = conn_->get();
+  issue(c, req, h);
   if (reconnect_delay_s_ > 0 && c->parts.load(std::memory_order_acquire) == 1 &&
-      connection_error(c->err.load(std::memory_order_relaxed)) && !connection_alive()) [[unlikely]] {
+      connection_error(c->err.load(std::memory_order_relaxed)) && (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)))
+      [[unlikely]] {
     // Every command of it failed while being issued, on a connection that
     // turned out dead (nobody had read the hang-up yet): it waits for the
     // reconnection like a request made a moment later. (Reads and writes
@@ -301,13 +301,12 @@ void NbdQueue::submit_now(uint32_t slot, const Request& req, uint64_t deadline_n
   if (ready_head_ < ready_.size()) notify();
 }
 
-void NbdQueue::issue(Cmd* c, const Request& req) {
-  nbd_handle* h = conn_->get();
+void NbdQueue::issue(Cmd* c, const Request& req, nbd_handle* h) {
   nbd_completion_callback done{.callback = &NbdQueue::on_command_done, .user_data = c, .free = nullptr};
   auto check = [&](int64_t cookie) {
     if (cookie < 0) {
       conn_->suspect();  // most likely a dead handle; service_link() will look
-      fail_part(c, libnbd_errno());
+      fail_part(c, nbd_refusal_errno(h));
     }
   };
   uint32_t fua = (req.flags & kReqFua) ? LIBNBD_CMD_FLAG_FUA : 0;

@@ -79,7 +79,7 @@ class NbdQueue final : public DriverQueue {
   void release_parts(Cmd* c, uint32_t n);  // drops n parts; the last one finishes c
   void finish(Cmd* c);                     // c's request is over: hand it to our thread
   void fail_part(Cmd* c, int err);         // an nbd_aio_* call refused a part
-  void issue(Cmd* c, const Request& req);
+  void issue(Cmd* c, const Request& req, nbd_handle* h);
   // deadline_ns: when it was parked before, its reconnect-delay's end.
   void submit_now(uint32_t slot, const Request& req, uint64_t deadline_ns = 0);
   void fail_now(uint32_t slot, const char* msg);
