@@ -11,7 +11,6 @@
 namespace blkstack {
 
 using vhost::Message;
-using vhost::Request;
 
 namespace {
 
@@ -66,7 +65,7 @@ Result<VhostUserClient> VhostUserClient::connect(const std::string& path, int ti
   return VhostUserClient(std::move(sock), path);
 }
 
-Status VhostUserClient::io_error(const char* what, Request req, int err) const {
+Status VhostUserClient::io_error(const char* what, vhost::Request req, int err) const {
   if (err == -EAGAIN || err == -EWOULDBLOCK) err = -ETIMEDOUT;
   const char* why = err == -ETIMEDOUT    ? "no reply within connect-timeout"
                     : err == -ECONNRESET ? "the back-end closed the connection"
@@ -81,7 +80,7 @@ Status VhostUserClient::send(const Message& m, std::span<const int> fds) {
   return {};
 }
 
-Status VhostUserClient::recv_reply(Request req, Message& out) {
+Status VhostUserClient::recv_reply(vhost::Request req, Message& out) {
   int r = vhost::recv_message(sock_.get(), out);
   if (r < 0) return io_error("waiting for the reply to", req, r);
   if (std::string why = vhost::validate(out, true); !why.empty()) {
@@ -110,7 +109,7 @@ Status VhostUserClient::send_acked(Message& m, std::span<const int> fds) {
   return {};
 }
 
-Result<uint64_t> VhostUserClient::get_u64(Request r) {
+Result<uint64_t> VhostUserClient::get_u64(vhost::Request r) {
   if (Status s = send(Message::make(r)); !s) return s;
   Message reply;
   if (Status s = recv_reply(r, reply); !s) return s;
@@ -120,23 +119,23 @@ Result<uint64_t> VhostUserClient::get_u64(Request r) {
   return reply.u64();
 }
 
-Result<uint64_t> VhostUserClient::get_features() { return get_u64(Request::kGetFeatures); }
-Result<uint64_t> VhostUserClient::get_protocol_features() { return get_u64(Request::kGetProtocolFeatures); }
+Result<uint64_t> VhostUserClient::get_features() { return get_u64(vhost::Request::kGetFeatures); }
+Result<uint64_t> VhostUserClient::get_protocol_features() { return get_u64(vhost::Request::kGetProtocolFeatures); }
 
 Status VhostUserClient::set_features(uint64_t features) {
-  Message m = Message::make(Request::kSetFeatures, features);
+  Message m = Message::make(vhost::Request::kSetFeatures, features);
   return send_acked(m);
 }
 
 Status VhostUserClient::set_protocol_features(uint64_t features) {
   // Not acknowledged: REPLY_ACK only exists once this message is handled.
-  if (Status s = send(Message::make(Request::kSetProtocolFeatures, features)); !s) return s;
+  if (Status s = send(Message::make(vhost::Request::kSetProtocolFeatures, features)); !s) return s;
   reply_ack_ = features & vhost::kProtoReplyAck;
   return {};
 }
 
 Status VhostUserClient::set_owner() {
-  Message m = Message::make(Request::kSetOwner);
+  Message m = Message::make(vhost::Request::kSetOwner);
   return send_acked(m);
 }
 
@@ -146,12 +145,12 @@ Status VhostUserClient::get_config(void* out, uint32_t len) {
   c.offset = 0;
   c.size = len;
   c.flags = 0;
-  Message m = Message::make(Request::kGetConfig);
+  Message m = Message::make(vhost::Request::kGetConfig);
   std::memcpy(m.payload.data(), &c, vhost::kConfigHeaderSize + len);
   m.hdr.size = static_cast<uint32_t>(vhost::kConfigHeaderSize + len);
   if (Status s = send(m); !s) return s;
   Message reply;
-  if (Status s = recv_reply(Request::kGetConfig, reply); !s) return s;
+  if (Status s = recv_reply(vhost::Request::kGetConfig, reply); !s) return s;
   // A back-end that cannot answer replies with an empty payload.
   auto got = reply.as<vhost::ConfigSpace>();
   if (reply.hdr.size < vhost::kConfigHeaderSize + len || got.size < len) {
@@ -165,7 +164,7 @@ Status VhostUserClient::get_config(void* out, uint32_t len) {
 Status VhostUserClient::add_mem_reg(const vhost::MemoryRegion& r, int fd) {
   vhost::SingleMemoryRegion body{};
   body.region = r;
-  Message m = Message::make(Request::kAddMemReg, body);
+  Message m = Message::make(vhost::Request::kAddMemReg, body);
   const int fds[] = {fd};
   return send_acked(m, fds);
 }
@@ -173,7 +172,7 @@ Status VhostUserClient::add_mem_reg(const vhost::MemoryRegion& r, int fd) {
 Status VhostUserClient::rem_mem_reg(const vhost::MemoryRegion& r, int fd) {
   vhost::SingleMemoryRegion body{};
   body.region = r;
-  Message m = Message::make(Request::kRemMemReg, body);
+  Message m = Message::make(vhost::Request::kRemMemReg, body);
   // The spec leaves the descriptor optional; back-ends built on QEMU's
   // libvhost-user insist on exactly one.
   const int fds[] = {fd};
@@ -187,40 +186,40 @@ Status VhostUserClient::set_mem_table(std::span<const vhost::MemoryRegion> regio
   vhost::MemoryTable t{};
   t.nregions = static_cast<uint32_t>(regions.size());
   for (size_t i = 0; i < regions.size(); i++) t.regions[i] = regions[i];
-  Message m = Message::make(Request::kSetMemTable, t);
+  Message m = Message::make(vhost::Request::kSetMemTable, t);
   m.hdr.size = static_cast<uint32_t>(vhost::memory_table_size(t.nregions));
   return send_acked(m, fds);
 }
 
 Status VhostUserClient::set_vring_num(uint32_t index, uint32_t num) {
-  Message m = Message::make(Request::kSetVringNum, vhost::VringState{index, num});
+  Message m = Message::make(vhost::Request::kSetVringNum, vhost::VringState{index, num});
   return send_acked(m);
 }
 
 Status VhostUserClient::set_vring_base(uint32_t index, uint32_t base) {
-  Message m = Message::make(Request::kSetVringBase, vhost::VringState{index, base});
+  Message m = Message::make(vhost::Request::kSetVringBase, vhost::VringState{index, base});
   return send_acked(m);
 }
 
 Status VhostUserClient::set_vring_addr(const vhost::VringAddr& a) {
-  Message m = Message::make(Request::kSetVringAddr, a);
+  Message m = Message::make(vhost::Request::kSetVringAddr, a);
   return send_acked(m);
 }
 
 Status VhostUserClient::set_vring_kick(uint32_t index, int fd) {
-  Message m = Message::make(Request::kSetVringKick, uint64_t{index});
+  Message m = Message::make(vhost::Request::kSetVringKick, uint64_t{index});
   const int fds[] = {fd};
   return send_acked(m, fds);
 }
 
 Status VhostUserClient::set_vring_call(uint32_t index, int fd) {
-  Message m = Message::make(Request::kSetVringCall, uint64_t{index});
+  Message m = Message::make(vhost::Request::kSetVringCall, uint64_t{index});
   const int fds[] = {fd};
   return send_acked(m, fds);
 }
 
 Status VhostUserClient::set_vring_enable(uint32_t index, bool enable) {
-  Message m = Message::make(Request::kSetVringEnable, vhost::VringState{index, enable ? 1u : 0u});
+  Message m = Message::make(vhost::Request::kSetVringEnable, vhost::VringState{index, enable ? 1u : 0u});
   return send_acked(m);
 }
 
