@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway single-node Ceph cluster on loopback, for tests and benchmarks:
-# one monitor, one memstore OSD, no authentication, pool `rbd` (size 1).
+# one monitor, one memstore OSD, pool `rbd` (size 1), no authentication
+# unless asked for (CEPH_AUTH=cephx).
 # Everything lives under DIR; nothing touches /etc/ceph or systemd.
 #
 #   scripts/ceph-cluster.sh start DIR      # prints DIR/ceph.conf when ready
@@ -12,6 +13,12 @@
 # Clients: CEPH_CONF=DIR/ceph.conf rbd ls, or the rbd driver's conf=DIR/ceph.conf.
 # Runs as root. The monitor port is picked free at start (two clusters in two
 # DIRs do not collide).
+#
+# CEPH_AUTH=none (default) or cephx. With cephx every daemon and client.admin
+# authenticate with keys from DIR/keyring (named in ceph.conf, so `ceph` and
+# `rbd` need nothing more), and start also makes client.blkstack, limited to
+# the rbd profile on pool rbd, with its key alone in DIR/blkstack.keyring: a
+# user and keyring as a real deployment hands them to a client.
 #
 # CEPH_OSD_STORE=memstore (default) keeps objects in the OSD's memory: fastest
 # start and I/O, but a SIGKILLed OSD loses everything. Fault tests that kill
@@ -26,6 +33,8 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 CONF=$DIR/ceph.conf
 STORE=${CEPH_OSD_STORE:-memstore}
+AUTH=${CEPH_AUTH:-none}
+[[ $AUTH == none || $AUTH == cephx ]] || { echo "ceph-cluster: CEPH_AUTH must be none or cephx" >&2; exit 2; }
 export CEPH_CONF=$CONF
 
 log() { echo "ceph-cluster: $*" >&2; }
@@ -55,9 +64,9 @@ fsid = $fsid
 mon host = v1:127.0.0.1:$port
 mon initial members = a
 public network = 127.0.0.0/8
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = $AUTH
+auth service required = $AUTH
+auth client required = $AUTH
 osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
@@ -126,7 +135,10 @@ start() {
   # A cluster this script finished starting, still running: use it. Anything
   # else left in DIR (a start that failed half-way, a dead daemon) goes.
   if [[ -f $DIR/ready ]] && alive mon.a && alive osd.0; then
-    log "already running"; echo "$CONF"; return 0
+    # (Only if it authenticates as asked.)
+    if [[ $AUTH == none && ! -f $DIR/blkstack.keyring || $AUTH == cephx && -f $DIR/blkstack.keyring ]]; then
+      log "already running"; echo "$CONF"; return 0
+    fi
   fi
   stop
   rm -rf "$DIR"/{mon,osd,run,log}
@@ -139,6 +151,10 @@ start() {
   ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
   ceph-authtool "$DIR/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
     --cap mgr 'allow *' >/dev/null
+  # The monitor imports every key in this keyring at mkfs: the OSD's too,
+  # so under cephx it can join without a key of its own to register.
+  ceph-authtool "$DIR/keyring" --gen-key -n osd.0 --cap mon 'allow profile osd' --cap osd 'allow *' \
+    --cap mgr 'allow profile osd' >/dev/null
   monmaptool --create --clobber --fsid "$fsid" --addv a "[v1:127.0.0.1:$port]" "$DIR/monmap" >/dev/null
   ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring" >/dev/null 2>&1 ||
     die "ceph-mon --mkfs failed"
@@ -152,6 +168,11 @@ start() {
   start_osd
   ceph osd pool create rbd 8 >/dev/null || die "pool create failed"
   rbd pool init rbd || die "rbd pool init failed"
+  rm -f "$DIR/blkstack.keyring"
+  if [[ $AUTH == cephx ]]; then
+    ceph auth get-or-create client.blkstack mon 'profile rbd' osd 'profile rbd pool=rbd' \
+      -o "$DIR/blkstack.keyring" || die "could not make client.blkstack"
+  fi
   touch "$DIR/ready"
   log "ready: mon 127.0.0.1:$port, conf $CONF"
   echo "$CONF"

@@ -573,6 +573,74 @@ TEST_F(Rbd, ConnectErrorUnreachableMonitorWithinTimeout) {
   EXPECT_LT(secs, 3 + 5.0) << "connect took " << secs << " s with connect-timeout 3";
 }
 
+// A file the cluster script left next to ceph.conf.
+std::string cluster_file(const std::string& name) {
+  std::string conf = conf_path();
+  return conf.substr(0, conf.rfind('/')) + "/" + name;
+}
+
+// The key in a one-entry keyring file ("key = ...").
+std::string key_of(const std::string& keyring) {
+  std::ifstream f(keyring);
+  std::string line;
+  while (std::getline(f, line)) {
+    auto at = line.find("key = ");
+    if (at != std::string::npos) return line.substr(at + 6);
+  }
+  return "";
+}
+
+// The fixture's cluster runs cephx (CEPH_AUTH=cephx, tests/unit/CMakeLists.txt):
+// the other tests authenticate as client.admin through the conf's keyring;
+// here client.blkstack, limited to the rbd profile on pool rbd, is named
+// with the user and keyring properties, as a real deployment would.
+TEST_F(Rbd, CephxUserAndKeyring) {
+  const std::string keyring = cluster_file("blkstack.keyring");
+  ASSERT_FALSE(key_of(keyring).empty()) << keyring << ": no key; the cluster must run cephx (CEPH_AUTH=cephx)";
+  Props p = base_props(image_->name());
+  p.push_back({"user", "blkstack"});
+  p.push_back({"keyring", keyring});
+  dev_ = test::open_device("rbd", p);
+  ASSERT_TRUE(dev_);
+  Queue* q = dev_->queue(0);
+  std::string data = pattern(65536, 31);
+  memcpy(buf_, data.data(), data.size());
+  q->write(1 << 20, buf_, data.size(), nullptr, kReqFua);
+  ASSERT_EQ(wait_one(*q).ret, 0);
+  EXPECT_EQ(image_->read_direct(1 << 20, data.size()), data);
+}
+
+// A wrong key, or a user the keyring has no key for, is refused at once with
+// the user named; nothing waits for connect-timeout.
+TEST_F(Rbd, CephxWrongKeyOrUserIsRefused) {
+  const std::string good = cluster_file("blkstack.keyring");
+  std::string key = key_of(good);
+  ASSERT_EQ(key.size(), 40u) << good << ": no cephx key; the cluster must run cephx (CEPH_AUTH=cephx)";
+  // Same structure, another secret: one base64 digit of the secret changed.
+  key[30] = key[30] == 'A' ? 'B' : 'A';
+  char path[] = "/tmp/blkstack-rbd-keyring-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  {
+    std::ofstream f(path);
+    f << "[client.blkstack]\n\tkey = " << key << "\n";
+  }
+  for (auto [user, keyring] : {std::pair<std::string, std::string>{"blkstack", path}, {"nobody", good}}) {
+    SCOPED_TRACE(user + " with " + keyring);
+    Props p = base_props(image_->name());
+    p.push_back({"user", user});
+    p.push_back({"keyring", keyring});
+    p.push_back({"connect-timeout", "10"});
+    double secs = 0;
+    Status s = try_connect(p, &secs);
+    EXPECT_LT(s.code(), 0);
+    EXPECT_NE(s.message().find("user '" + user + "'"), std::string::npos) << s.message();
+    EXPECT_LT(secs, 5.0) << "a refused key took " << secs << " s";
+  }
+  unlink(path);
+}
+
 // An image in an RBD namespace is found through the namespace property, and
 // only there.
 TEST_F(Rbd, Namespace) {

@@ -237,9 +237,23 @@ TEST(VhostUserDriver, FlushFuaDiscardAndWriteZeroes) {
   }
 }
 
+TEST(VhostUserDriver, ReadOnlyExportRefusesAWritableInstance) {
+  // As real libblkio 1.5 does: connect works and read-only stays false;
+  // start fails with -EROFS "Device is read-only".
+  Qsd qsd(QsdOptions{.writable = false});
+  auto d = Device::create(kDriver);
+  ASSERT_TRUE(d);
+  ASSERT_TRUE((*d)->set_str("path", qsd.sock()));
+  ASSERT_TRUE((*d)->connect());
+  EXPECT_FALSE(prop<bool>(**d, "read-only"));
+  Status s = (*d)->start();
+  EXPECT_EQ(s.code(), -EROFS);
+  EXPECT_EQ(s.message(), "Device is read-only");
+}
+
 TEST(VhostUserDriver, ReadOnlyExport) {
   Qsd qsd(QsdOptions{.writable = false});
-  auto dev = open_vhost(qsd);
+  auto dev = open_vhost(qsd, 1, 0, {{"read-only", "true"}});
   ASSERT_TRUE(dev);
   EXPECT_TRUE(prop<bool>(*dev, "read-only"));
   Queue& q = *dev->queue(0);

@@ -89,6 +89,8 @@ class VirtioBlkVhostUserDriver final : public Driver {
   virtio_blk_config config_{};
   VirtioBlkCaps caps_;
   BackendWatch watch_;
+  bool backend_read_only_ = false;   // VIRTIO_BLK_F_RO
+  bool instance_read_only_ = false;  // the read-only property, fixed at connect
 
   // After start.
   SharedMemory shared_;
@@ -198,7 +200,11 @@ Status VirtioBlkVhostUserDriver::negotiate(bool& read_only, DeviceInfo& info) {
   info.may_pin_mem_regions = false;
   info.mem_region_alignment = page_size();
   info.max_mem_regions = max_regions_ - 1;  // one is ours: the rings
-  read_only = read_only || g->read_only;
+  // A read-only back-end (VIRTIO_BLK_F_RO) does not make the instance
+  // read-only: as in libblkio, the property stays as the application set
+  // it, and a writable instance is refused at blkio_start().
+  backend_read_only_ = g->read_only;
+  instance_read_only_ = read_only;
   return {};
 }
 
@@ -217,6 +223,7 @@ size_t VirtioBlkVhostUserDriver::queue_bytes() const {
 }
 
 Status VirtioBlkVhostUserDriver::start(int num_queues, int num_poll_queues) {
+  if (backend_read_only_ && !instance_read_only_) return error(-EROFS, "Device is read-only");
   if (shared_.size() != 0) {
     // The back-end already holds our rings from a start that failed later
     // on: its vrings are half set up. A fresh connection is the clean way.
