@@ -335,6 +335,27 @@ TEST(IoUringInline, DiskFilesAndTheSwitchKeepTheRing) {
   EXPECT_EQ(big.stats().inline_ops, 1u);
 }
 
+// More requests queued before one do_io() than the ring has entries: the
+// inline list grows, and every one is done, in order, with its own data.
+TEST(IoUringInline, MoreRequestsThanRingEntriesInOneBatch) {
+  InlineFixture f(2 << 20);
+  ASSERT_TRUE(f.dev);
+  const int n = 256;  // 4 KiB each: the whole 1 MiB buffer
+  ASSERT_GT(n, std::get<int>(*f.dev->get("num-entries", PropType::kInt)));
+  std::string data = pattern(static_cast<size_t>(n) * 4096, 23);
+  memcpy(f.buf, data.data(), data.size());
+  for (int i = 0; i < n; i++) f.q().write(static_cast<uint64_t>(i) * 4096, f.buf + i * 4096, 4096, nullptr, 0);
+  // And a read of the first block after its write, in the same batch.
+  char back[4096];
+  f.q().read(0, back, 4096, nullptr, 0);
+  std::vector<Completion> c(n + 1);
+  ASSERT_EQ(f.q().do_io(c.data(), n + 1, n + 1, nullptr), n + 1);
+  for (const Completion& x : c) ASSERT_EQ(x.ret, 0);
+  EXPECT_EQ(f.stats().inline_ops, static_cast<uint64_t>(n) + 1);
+  EXPECT_EQ(memcmp(f.file.contents().data(), data.data(), data.size()), 0);
+  EXPECT_EQ(memcmp(back, data.data(), 4096), 0);
+}
+
 // A submit-only do_io() (max_completions 0) finishes inline requests with
 // nowhere to put them: the completion fd must still say so, or an
 // event-driven caller would sleep forever.

@@ -35,7 +35,8 @@ Status IoUringQueue::init(unsigned entries) {
   if (target_.can_grow) fast_read_end_ = 0;  // looked up on the first read
   if (!poll_ && target_.inline_max > 0) {
     inline_max_ = target_.inline_max;
-    inline_.resize(entries);
+    inline_cap_ = entries;
+    inline_ = std::make_unique<InlineRw[]>(inline_cap_);
   }
   sqe_fd_ = target_.fd;
   if (io_uring_register_files(ring, &target_.fd, 1) == 0) {
@@ -145,8 +146,18 @@ void zero_iov_tail(const struct iovec* iov, int iovcnt, uint64_t from) {
 // A ring that looks full, or a huge request, takes the tracked path.
 void IoUringQueue::enqueue_rw(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
   if (len <= inline_max_) {
-    return push_inline({tag, offset, buf, static_cast<uint32_t>(len), 0});
+    InlineRw& e = next_inline();
+    e.tag = tag;
+    e.offset = offset;
+    e.data = buf;
+    e.len = static_cast<uint32_t>(len);
+    e.iovcnt = 0;
+    return;
   }
+  enqueue_ring(tag, offset, buf, len, region);
+}
+
+void IoUringQueue::enqueue_ring(RwTag tag, uint64_t offset, void* buf, uint64_t len, const MappedRegion* region) {
   io_uring_sq& sq = ring_.get()->sq;
   const unsigned tail = sq.sqe_tail;
   if (tail - sq_head_ >= sq_entries_ || len > kMaxChunk || (offset + len > fast_read_end_ && tag.op() != Op::kWrite))
@@ -177,7 +188,7 @@ void IoUringQueue::enqueue_rw_slow(RwTag tag, uint64_t offset, void* buf, uint64
     // or process): look again, and take the fast path if it has.
     struct stat st {};
     if (::fstat(target_.fd, &st) == 0) fast_read_end_ = static_cast<uint64_t>(st.st_size);
-    if (offset + len <= fast_read_end_) return enqueue_rw(tag, offset, buf, len, region);
+    if (offset + len <= fast_read_end_) return enqueue_ring(tag, offset, buf, len, region);
   }
   DriverQueue::enqueue_rw(tag, offset, buf, len, region);
 }
@@ -227,8 +238,8 @@ bool IoUringQueue::try_inline(uint32_t slot, const Request& req) {
   if (req.len > inline_max_) return false;
   const bool vectored = req.op == Op::kReadv || req.op == Op::kWritev;
   if (!vectored && req.op != Op::kRead && req.op != Op::kWrite) return false;
-  push_inline({RwTag::make(slot, req.op, req.flags), req.offset, vectored ? const_cast<iovec*>(req.iov) : req.buf,
-               static_cast<uint32_t>(req.len), vectored ? req.iovcnt : 0});
+  next_inline() = {RwTag::make(slot, req.op, req.flags), req.offset, vectored ? const_cast<iovec*>(req.iov) : req.buf,
+                   static_cast<uint32_t>(req.len), vectored ? req.iovcnt : 0};
   return true;
 }
 
@@ -405,28 +416,33 @@ int IoUringQueue::inline_rw(const InlineRw& r) {
 // harmless).
 void IoUringQueue::run_inline(Queue& owner) {
   Queue::Completer fast(owner);
+  const int fd = target_.fd;
   for (size_t i = 0; i < inline_n_; i++) {
-    const InlineRw r = inline_[i];  // a copy: completing may queue more and move the array
-    const Op op = r.tag.op();
+    // Fields, not the entry: completing may queue more and move the array.
+    const RwTag tag = inline_[i].tag;
+    const uint32_t len = inline_[i].len;
     ssize_t n = -1;
-    if (op == Op::kRead) {
-      n = ::pread(target_.fd, r.data, r.len, static_cast<off_t>(r.offset));
-    } else if (op == Op::kWrite && !(r.tag.flags() & kReqFua)) {
-      n = ::pwrite(target_.fd, r.data, r.len, static_cast<off_t>(r.offset));
+    if (tag.op() == Op::kRead) {
+      n = ::pread(fd, inline_[i].data, len, static_cast<off_t>(inline_[i].offset));
+    } else if (tag.op() == Op::kWrite && !(tag.flags() & kReqFua)) {
+      n = ::pwrite(fd, inline_[i].data, len, static_cast<off_t>(inline_[i].offset));
     }
-    if (static_cast<uint64_t>(n) == r.len && fast.complete_ok(r.tag.slot())) [[likely]] continue;
-    const int res = static_cast<uint64_t>(n) == r.len ? static_cast<int>(r.len) : inline_rw(r);
+    if (static_cast<uint64_t>(n) == len && fast.complete_ok(tag.slot())) [[likely]] continue;
+    const int res = static_cast<uint64_t>(n) == len ? static_cast<int>(len) : inline_rw(inline_[i]);
     fast.flush();
-    owner.complete(r.tag.slot(), res);
+    owner.complete(tag.slot(), res);
     fast.reload();
   }
   stats_.inline_ops += inline_n_;
   inline_n_ = 0;
 }
 
-void IoUringQueue::push_inline_slow(const InlineRw& r) {
-  inline_.resize(std::max<size_t>(16, inline_.size() * 2));
-  inline_[inline_n_++] = r;
+void IoUringQueue::grow_inline() {
+  const size_t cap = std::max<size_t>(16, inline_cap_ * 2);
+  auto bigger = std::make_unique<InlineRw[]>(cap);
+  std::copy(inline_.get(), inline_.get() + inline_n_, bigger.get());
+  inline_ = std::move(bigger);
+  inline_cap_ = cap;
 }
 
 bool IoUringQueue::kernel_has_work(const Queue& owner) const {
