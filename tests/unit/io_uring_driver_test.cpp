@@ -7,6 +7,8 @@
 #include <linux/loop.h>
 
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include "core/driver.hpp"
 #include "native_test_util.hpp"
@@ -24,14 +26,18 @@ struct Case {
   const char* dir;
   bool direct;
   bool ring_only = false;  // memory files: every request through the ring, none inline
+  bool single_issuer = false;
 };
 
 constexpr const char* kInlineEnv = "BLKSTACK_IO_URING_INLINE_MAX";
 
 // Opens an io_uring device with the inline limit given (nullptr: the default).
-std::unique_ptr<Device> open_with_inline_max(const std::string& path, const char* inline_max, bool direct = false) {
+std::unique_ptr<Device> open_with_inline_max(const std::string& path, const char* inline_max, bool direct = false,
+                                             bool single_issuer = false) {
   if (inline_max) setenv(kInlineEnv, inline_max, 1);
-  auto dev = open_device("io_uring", {{"path", path}, {"direct", direct ? "true" : "false"}});
+  auto dev = open_device("io_uring", {{"path", path},
+                                      {"direct", direct ? "true" : "false"},
+                                      {"single-issuer", single_issuer ? "true" : "false"}});
   unsetenv(kInlineEnv);
   return dev;
 }
@@ -40,7 +46,8 @@ class IoUringFile : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
     file_ = std::make_unique<TempFile>(4 << 20, GetParam().dir);
-    dev_ = open_with_inline_max(file_->path(), GetParam().ring_only ? "0" : nullptr, GetParam().direct);
+    dev_ = open_with_inline_max(file_->path(), GetParam().ring_only ? "0" : nullptr, GetParam().direct,
+                                GetParam().single_issuer);
     ASSERT_TRUE(dev_);
     q_ = dev_->queue(0);
     buf_ = static_cast<char*>(mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
@@ -257,11 +264,79 @@ TEST_P(IoUringFile, MoreRequestsThanRingEntries) {
 
 INSTANTIATE_TEST_SUITE_P(Files, IoUringFile,
                          ::testing::Values(Case{"/dev/shm", false}, Case{"/dev/shm", false, true},
-                                           Case{"/var/tmp", false}, Case{"/var/tmp", true}),
+                                           Case{"/var/tmp", false}, Case{"/var/tmp", true},
+                                           Case{"/dev/shm", false, true, true}, Case{"/var/tmp", true, false, true}),
                          [](const auto& info) {
                            return std::string(info.param.dir[5] == 's' ? "tmpfs" : "disk") +
-                                  (info.param.direct ? "_direct" : "_buffered") + (info.param.ring_only ? "_ring" : "");
+                                  (info.param.direct ? "_direct" : "_buffered") + (info.param.ring_only ? "_ring" : "") +
+                                  (info.param.single_issuer ? "_single_issuer" : "");
                          });
+
+// single-issuer=true: each ring is bound to the first thread that drives it
+// (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, created disabled), not to the
+// thread that created the queue; another thread is refused with -EEXIST,
+// without a hang, and what it queued is done by the owner's next do_io().
+TEST(IoUringSingleIssuer, BoundToTheFirstThreadThatDrivesIt) {
+  TempFile f(1 << 20, "/var/tmp");
+  auto dev = open_device("io_uring", {{"path", f.path()}, {"single-issuer", "true"}});
+  ASSERT_TRUE(dev);
+  EXPECT_TRUE(std::get<bool>(*dev->get("single-issuer", PropType::kBool)));
+  Queue& q = *dev->queue(0);
+  std::vector<char> buf(8192);
+  std::thread owner([&] {
+    q.write(0, buf.data(), 4096, nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+  });
+  owner.join();
+  // This thread did not enable the ring.
+  q.read(0, buf.data() + 4096, 4096, nullptr, 0);
+  Completion c;
+  timespec t{2, 0};
+  EXPECT_EQ(q.do_io(&c, 1, 1, &t), -EEXIST);
+  std::thread owner_again([&] {
+    // Not the same thread object, so not the same task either: refused too.
+    Completion c2;
+    EXPECT_EQ(q.do_io(&c2, 1, 1, nullptr), -EEXIST);
+  });
+  owner_again.join();
+  // A device whose ring is first driven here works here.
+  auto dev2 = open_device("io_uring", {{"path", f.path()}, {"single-issuer", "true"}});
+  ASSERT_TRUE(dev2);
+  Queue& q2 = *dev2->queue(0);
+  q2.read(0, buf.data(), 4096, nullptr, 0);
+  EXPECT_EQ(wait_one(q2).ret, 0);
+}
+
+// Deferred task work still wakes an event-driven caller: the completion fd
+// fires for a request submitted with do_io(0, 0).
+TEST(IoUringSingleIssuer, CompletionFdFires) {
+  TempFile f(1 << 20, "/var/tmp");
+  auto dev = open_device("io_uring", {{"path", f.path()}, {"direct", "true"}, {"single-issuer", "true"}});
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 4096), 0);
+  q.set_completion_fd_enabled(true);
+  const int fd = q.completion_fd();
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < 20; i++) {
+    uint64_t junk;
+    while (read(fd, &junk, sizeof junk) == sizeof junk) {
+    }
+    q.read(static_cast<uint64_t>(i) * 4096, buf, 4096, nullptr, 0);
+    ASSERT_EQ(q.do_io(nullptr, 0, 0, nullptr), 0);
+    int got = 0;
+    Completion c;
+    for (int tries = 0; tries < 10 && got == 0; tries++) {
+      struct pollfd p {fd, POLLIN, 0};
+      ASSERT_EQ(poll(&p, 1, 2000), 1) << "no wakeup for a completion, round " << i;
+      got = q.do_io(&c, 0, 1, nullptr);  // a spurious wakeup is allowed: look again
+    }
+    ASSERT_EQ(got, 1);
+    EXPECT_EQ(c.ret, 0);
+  }
+  free(buf);
+}
 
 TEST(IoUringDirect, AlignmentFromTheFileSystem) {
   TempFile f(1 << 20, "/var/tmp");

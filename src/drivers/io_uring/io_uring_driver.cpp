@@ -79,6 +79,14 @@ struct IoUringProperties {
            self(d).path_ = std::get<std::string>(v);
            return Status{};
          }},
+        // Beyond blkio(3): for applications that drive each queue from one
+        // thread only (docs/io-uring-driver.md).
+        {"single-issuer", PropType::kBool, kAll, kCreated,
+         [](const Driver& d) { return PropValue(self(d).single_issuer_); },
+         [](Driver& d, const PropValue& v) {
+           self(d).single_issuer_ = std::get<bool>(v);
+           return Status{};
+         }},
         {"num-entries", PropType::kInt, kAfterConnect, kConnected,
          [](const Driver& d) { return PropValue(self(d).num_entries_); },
          [](Driver& d, const PropValue& v) {
@@ -185,7 +193,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   }
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
-  target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw)};
+  target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw), single_issuer_};
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);
 

@@ -23,6 +23,9 @@ struct IoUringTarget {
   // Only for files in memory (tmpfs, shmem, ramfs) on kernels whose io_uring
   // cannot read them without a worker thread, see inline_io_max().
   uint32_t inline_max = 0;
+  // The single-issuer property: each queue's ring is bound to the first
+  // thread that drives it (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN).
+  bool single_issuer = false;
 };
 
 // How many mapped regions get an io_uring fixed-buffer slot; regions beyond
@@ -51,6 +54,7 @@ class IoUringDriver final : public Driver {
   int fd_prop_ = -1;
   bool direct_ = false;
   int num_entries_ = 128;
+  bool single_issuer_ = false;
 
   UniqueFd fd_;
   IoUringTarget target_;

@@ -24,11 +24,19 @@ Status IoUringQueue::init(unsigned entries) {
   // Cooperative task running avoids an IPI per completion; the TASKRUN flag
   // tells us when completions wait for us to enter the kernel.
   unsigned optional = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+  if (target_.single_issuer) {
+    // Completions then run in one batch when this thread asks for them,
+    // never as task work interrupting it (fio's own setup). Only the thread
+    // that enables the ring may enter it: it starts disabled, so the thread
+    // that first calls do_io() is that thread, not the one that created it.
+    optional |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
+  }
   if (Status s = ring_.init(entries, p, optional); !s) {
     if (s.code() == -EINVAL) return error(-EINVAL, "num-entries ({}) is larger than io_uring allows", entries);
     return s;
   }
   io_uring* ring = ring_.get();
+  needs_enable_ = (ring_.flags() & IORING_SETUP_R_DISABLED) != 0;
   sq_entries_ = ring->sq.ring_entries;
   sq_mask_ = ring->sq.ring_mask;
 
@@ -91,7 +99,16 @@ void IoUringQueue::unmap_region(const MappedRegion& r) {
   registered_[static_cast<size_t>(r.driver_slot)] = 0;
 }
 
+int IoUringQueue::enable_ring() {
+  int r = io_uring_enable_rings(ring_.get());
+  if (r == 0) needs_enable_ = false;
+  return r;
+}
+
 int IoUringQueue::submit() {
+  if (needs_enable_) [[unlikely]] {
+    if (int r = enable_ring(); r < 0) return r;
+  }
   stats_.submit_calls++;
   return io_uring_submit(ring_.get());
 }
@@ -100,7 +117,14 @@ io_uring_sqe* IoUringQueue::sqe_slow() {
   io_uring_sqe* s = io_uring_get_sqe(ring_.get());
   while (!s) {
     // More requests queued than the ring holds: hand the full ring over.
-    submit();
+    if (submit() == -EEXIST) {
+      // A single-issuer ring driven from a thread it is not bound to can
+      // never take this request: the queue is unusable from here on
+      // (process() says so), and the request goes nowhere rather than
+      // spinning here forever.
+      foreign_thread_ = true;
+      return &scratch_sqe_;
+    }
     s = io_uring_get_sqe(ring_.get());
   }
   return s;
@@ -489,6 +513,10 @@ unsigned IoUringQueue::reap(Queue& owner, unsigned budget) {
 int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                           const sigset_t* sig) {
   io_uring* ring = ring_.get();
+  if (needs_enable_ || foreign_thread_) [[unlikely]] {
+    if (foreign_thread_) return -EEXIST;
+    if (int r = enable_ring(); r < 0) return r;
+  }
   int err = 0;
   if (inline_n_ > 0) {
     run_inline(owner);
@@ -511,6 +539,9 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
   } else if (budget > 0 && kernel_has_work(owner)) {
     io_uring_get_events(ring);
   }
+  // Another thread than the one a single-issuer ring is bound to: the
+  // kernel refuses it. Nothing was submitted or reaped.
+  if (err == -EEXIST) [[unlikely]] return err;
   unsigned n = budget ? reap(owner, budget) : 0;
   if (inline_n_ > 0) run_inline(owner);  // follow-up steps queued while reaping
   // Follow-up steps queued while reaping must reach the kernel now: the

@@ -87,6 +87,8 @@ class IoUringQueue final : public DriverQueue {
   void run_inline(Queue& owner);
   bool kernel_has_work(const Queue& owner) const;
   int submit();
+  // Binds a disabled ring to the calling thread; 0, or a negative errno.
+  int enable_ring();
 
   IoUringTarget target_;
   bool poll_;
@@ -96,6 +98,13 @@ class IoUringQueue final : public DriverQueue {
   int sqe_fd_ = -1;  // fixed-file index 0, or the raw fd
   uint8_t sqe_flags_ = 0;
   bool fixed_buffers_ = false;
+  // Created disabled (single-issuer): enabled by the first thread that
+  // enters the kernel through it, which the ring is then bound to.
+  bool needs_enable_ = false;
+  // Set when a thread the single-issuer ring refuses had to queue into a
+  // full ring: the queue fails every do_io() with -EEXIST from then on.
+  bool foreign_thread_ = false;
+  io_uring_sqe scratch_sqe_{};
   unsigned sq_head_ = 0;  // a possibly stale copy of the kernel's SQ head
   // Reads ending past this take the tracked path, which zero-fills what lies
   // beyond the end of a growable file. The file's size when last looked at;
