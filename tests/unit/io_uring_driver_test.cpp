@@ -6,6 +6,8 @@
 #include <sys/mman.h>
 #include <linux/loop.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -282,23 +284,34 @@ TEST(IoUringSingleIssuer, BoundToTheFirstThreadThatDrivesIt) {
   ASSERT_TRUE(dev);
   EXPECT_TRUE(std::get<bool>(*dev->get("single-issuer", PropType::kBool)));
   Queue& q = *dev->queue(0);
-  std::vector<char> buf(8192);
+  std::vector<char> buf(8192, 'x');
+  std::atomic<int> step{0};
+  auto wait_for = [&](int s) {
+    while (step.load() < s) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
   std::thread owner([&] {
     q.write(0, buf.data(), 4096, nullptr, 0);
     EXPECT_EQ(wait_one(q).ret, 0);
+    step = 1;
+    wait_for(2);
+    // What the other thread queued is done here.
+    Completion c;
+    timespec t{5, 0};
+    EXPECT_EQ(q.do_io(&c, 1, 1, &t), 1);
+    EXPECT_EQ(c.ret, 0);
+    EXPECT_EQ(memcmp(buf.data() + 4096, buf.data(), 4096), 0);
+    step = 3;
   });
-  owner.join();
-  // This thread did not enable the ring.
+  wait_for(1);
+  // This thread did not enable the ring: refused, at once, not a hang.
+  memset(buf.data() + 4096, 0, 4096);
   q.read(0, buf.data() + 4096, 4096, nullptr, 0);
   Completion c;
   timespec t{2, 0};
   EXPECT_EQ(q.do_io(&c, 1, 1, &t), -EEXIST);
-  std::thread owner_again([&] {
-    // Not the same thread object, so not the same task either: refused too.
-    Completion c2;
-    EXPECT_EQ(q.do_io(&c2, 1, 1, nullptr), -EEXIST);
-  });
-  owner_again.join();
+  step = 2;
+  wait_for(3);
+  owner.join();
   // A device whose ring is first driven here works here.
   auto dev2 = open_device("io_uring", {{"path", f.path()}, {"single-issuer", "true"}});
   ASSERT_TRUE(dev2);
