@@ -934,12 +934,11 @@ TEST(NbdDriver, ADeadHandleRefusesAsNotConnected) {
   nbd_handle* hp = h.get();
   server.kill_now();
   // Read the hang-up: the handle dies (closed, when nothing was in flight).
-  auto gone = [&] { return nbd_aio_is_dead(hp) || nbd_aio_is_closed(hp); };
-  for (int i = 0; i < 100 && !gone(); i++) {
+  for (int i = 0; i < 100 && !blkstack::nbd_handle_gone(hp); i++) {
     pollfd p{nbd_aio_get_fd(hp), POLLIN, 0};
     if (::poll(&p, 1, 100) > 0) nbd_aio_notify_read(hp);
   }
-  ASSERT_TRUE(gone());
+  ASSERT_TRUE(blkstack::nbd_handle_gone(hp));
   char buf[512] = {};
   ASSERT_LT(nbd_aio_pwrite(hp, buf, sizeof buf, 0, NBD_NULL_COMPLETION, 0), 0);
   EXPECT_EQ(nbd_get_errno(), EINVAL) << "libnbd changed how it refuses: " << nbd_get_error();

@@ -110,6 +110,12 @@ class TestImage {
   std::string name_;
 };
 
+// A file the cluster script left next to ceph.conf.
+std::string cluster_file(const std::string& name) {
+  std::string conf = conf_path();
+  return conf.substr(0, conf.rfind('/')) + "/" + name;
+}
+
 using Props = std::vector<std::pair<std::string, std::string>>;
 
 Props base_props(const std::string& image) {
@@ -356,7 +362,7 @@ class OsdPause {
  public:
   OsdPause() {
     std::string conf = conf_path();
-    std::ifstream f(conf.substr(0, conf.rfind('/')) + "/run/osd.0.pid");
+    std::ifstream f(cluster_file("run/osd.0.pid"));
     f >> pid_;
     EXPECT_GT(pid_, 0) << "no osd.0.pid next to " << conf;
     if (pid_ > 0) {
@@ -571,12 +577,6 @@ TEST_F(Rbd, ConnectErrorUnreachableMonitorWithinTimeout) {
   EXPECT_NE(s.message().find("cannot connect"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("127.0.0.1:9"), std::string::npos) << s.message();
   EXPECT_LT(secs, 3 + 5.0) << "connect took " << secs << " s with connect-timeout 3";
-}
-
-// A file the cluster script left next to ceph.conf.
-std::string cluster_file(const std::string& name) {
-  std::string conf = conf_path();
-  return conf.substr(0, conf.rfind('/')) + "/" + name;
 }
 
 // The key in a one-entry keyring file ("key = ...").

@@ -268,7 +268,7 @@ Status nbd_block_status_within(nbd_handle* h, uint64_t offset, uint64_t len, int
   timespec limit{timeout_s, 0};
   Deadline deadline(timeout_s > 0 ? &limit : nullptr);
   while (!s.done) {
-    if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) return error(-ENOTCONN, "block status: the connection is gone");
+    if (nbd_handle_gone(h)) return error(-ENOTCONN, "block status: the connection is gone");
     if (deadline.passed()) return error(-ETIMEDOUT, "block status: no answer within {} s", timeout_s);
     unsigned dir = nbd_aio_get_direction(h);
     pollfd p{nbd_aio_get_fd(h), 0, 0};

@@ -18,6 +18,10 @@
 
 namespace blkstack {
 
+// A handle whose connection is over: dead (a failure) or closed (the
+// server hung up with nothing in flight). It takes no more commands.
+inline bool nbd_handle_gone(nbd_handle* h) { return nbd_aio_is_dead(h) || nbd_aio_is_closed(h); }
+
 struct NbdHandleCloser {
   void operator()(nbd_handle* h) const { nbd_close(h); }
 };
@@ -66,10 +70,7 @@ class NbdLink {
   nbd_handle* get() const { return cur_.load(std::memory_order_acquire); }
   // Bumped each time a new handle replaces the old one.
   uint64_t generation() const { return gen_.load(std::memory_order_acquire); }
-  bool alive() const {
-    nbd_handle* h = get();
-    return !nbd_aio_is_dead(h) && !nbd_aio_is_closed(h);
-  }
+  bool alive() const { return !nbd_handle_gone(get()); }
   State state() const { return state_.load(std::memory_order_acquire); }
   // A hint that the handle may have died, so that the request path need
   // not ask libnbd on every request: set by whoever sees a sign of it (a
@@ -126,7 +127,7 @@ Status nbd_error(std::string_view what);
 // caller treats it as the lost connection it is.
 // (Inline: the driver is a module, and the tests check this against libnbd.)
 inline int nbd_refusal_errno(nbd_handle* h) {
-  if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) return ENOTCONN;
+  if (nbd_handle_gone(h)) return ENOTCONN;
   int e = nbd_get_errno();
   return e > 0 ? e : EIO;
 }

@@ -283,8 +283,7 @@ void NbdQueue::submit_now(uint32_t slot, const Request& req, uint64_t deadline_n
   nbd_handle* h = conn_->get();
   issue(c, req, h);
   if (reconnect_delay_s_ > 0 && c->parts.load(std::memory_order_acquire) == 1 &&
-      connection_error(c->err.load(std::memory_order_relaxed)) && (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)))
-      [[unlikely]] {
+      connection_error(c->err.load(std::memory_order_relaxed)) && nbd_handle_gone(h)) [[unlikely]] {
     // Every command of it failed while being issued, on a connection that
     // turned out dead (nobody had read the hang-up yet): it waits for the
     // reconnection like a request made a moment later. (Reads and writes
