@@ -82,6 +82,12 @@ class Queue {
 
   // ---- device and driver side ----
   DriverQueue& driver_queue() { return *dq_; }
+  // During do_io()'s first, non-waiting pass over the driver: how many more
+  // completions the caller needs than were ready before it (0: none). If the
+  // pass reaps fewer, a waiting pass follows; a driver whose readiness check
+  // costs a system call can leave it to that pass, whose wait says readiness
+  // anyway.
+  unsigned caller_waits_for() const { return waits_for_; }
 
  private:
   // One request from enqueue until do_io() hands its completion back. A
@@ -272,6 +278,7 @@ class Queue {
   bool poll_;
   bool fd_enabled_ = false;
   bool in_do_io_ = false;
+  unsigned waits_for_ = 0;
   const char* last_error_ = "";
   uint64_t zero_chunk_ = 0;  // bytes per write of the write-zeroes fallback
 

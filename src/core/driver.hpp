@@ -28,6 +28,10 @@ struct DriverQueueStats {
   uint64_t fixed_buffer_ops = 0; // data requests issued with registered buffers
   uint64_t plain_ops = 0;        // data requests issued without
   uint64_t inline_ops = 0;       // data requests done by the calling thread itself (memory-backed files)
+  // System calls that only looked for work or signalled the queue's own
+  // completion fd (non-blocking readiness polls, self-notifications): the
+  // ones a caller that waits anyway does not need.
+  uint64_t probe_calls = 0;
 };
 
 // The slot, operation and flags of a plain read or write, packed into one

@@ -502,7 +502,9 @@ int Queue::do_io(Completion* out, int min_completions, int max_completions, stru
   in_do_io_ = true;
   drain_ready();
   const auto min_n = static_cast<uint64_t>(min_completions);
+  waits_for_ = out_n_ < min_n ? static_cast<unsigned>(min_n - out_n_) : 0;
   int r = dq_->process(*this, static_cast<unsigned>(out_max_ - out_n_), 0, nullptr, nullptr);
+  waits_for_ = 0;
   for (;;) {
     if (r < 0) break;
     drain_ready();

@@ -364,7 +364,15 @@ void NbdQueue::issue(Cmd* c, const Request& req, nbd_handle* h) {
   }
 }
 
-bool NbdQueue::socket_readable() const {
+namespace {
+// libnbd is part way through reading a reply (not sending a request).
+bool mid_reply(nbd_handle* h) {
+  return nbd_aio_is_processing(h) && !(nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE);
+}
+}  // namespace
+
+bool NbdQueue::socket_readable() {
+  stats_.probe_calls++;
   pollfd p{nbd_aio_get_fd(conn_->get()), POLLIN, 0};
   return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR));
 }
@@ -395,8 +403,11 @@ void NbdQueue::pump(Read read) {
       if (!connection_alive()) return;
       // With nothing in flight no reply can follow (a hang-up will wake the
       // completion fd by itself): spare the poll(), one system call in four
-      // per request at depth 1.
-      readable = nbd_aio_in_flight(h) > 0 && socket_readable();
+      // per request at depth 1. Nor when libnbd stopped in the middle of a
+      // reply: it stops there only because the socket ran dry (servers send
+      // a reply's header and data separately), and what comes next wakes
+      // the completion fd anew.
+      readable = nbd_aio_in_flight(h) > 0 && !mid_reply(h) && socket_readable();
     }
   }
   if ((nbd_aio_get_direction(h) & LIBNBD_AIO_DIRECTION_WRITE) && nbd_aio_notify_write(h) < 0) conn_->suspect();
@@ -467,10 +478,13 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
                       const sigset_t* sig) {
   Driving d(this);
   // A caller that will wait goes to ppoll() first: a read now would mostly
-  // find nothing (two system calls for no reply at depth 1). A caller that will
-  // not wait was most likely woken by the completion fd: read.
+  // find nothing (two system calls for no reply at depth 1), and the ppoll()
+  // returns at once if a reply is there. That includes do_io()'s first,
+  // non-waiting pass when a waiting one follows. A caller that will not wait
+  // was most likely woken by the completion fd: read.
   read_since_wait_ = false;
-  pump(wait_for == 0 ? Read::kIfReadable : Read::kNo);
+  const unsigned caller_waits_for = wait_for == 0 ? owner.caller_waits_for() : 0;
+  pump(wait_for == 0 && caller_waits_for == 0 ? Read::kIfReadable : Read::kNo);
   // After the read: a hang-up read just now has made the handle dead.
   if (link_needs_care()) [[unlikely]] {
     service_link(wait_for == 0 ? 0 : kConnectWaitMs);
@@ -503,8 +517,13 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   }
   collect();
   // More finished than the budget allowed, or finished while sending; or
-  // replies may sit unread in the socket with their wakeup already spent.
-  if (ready_head_ < ready_.size() || (!read_since_wait_ && in_flight_ > 0)) notify();
+  // replies may sit unread in the socket with their wakeup already spent
+  // (unless do_io() goes on to wait for them).
+  const bool wait_follows = n < caller_waits_for;
+  if (ready_head_ < ready_.size() || (!read_since_wait_ && in_flight_ > 0 && !wait_follows)) {
+    stats_.probe_calls++;
+    notify();
+  }
   return n > 0 ? static_cast<int>(n) : err;
 }
 

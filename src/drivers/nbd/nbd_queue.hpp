@@ -98,7 +98,7 @@ class NbdQueue final : public DriverQueue {
   // Reads every reply in the socket (unless kNo; kReadable: poll() just said
   // so) and sends what libnbd still holds. Never blocks.
   void pump(Read read);
-  bool socket_readable() const;
+  bool socket_readable();
   // Blocks until the socket or the eventfd is ready, the timeout ends
   // (err -ETIME) or a signal arrives (err -EINTR). Says whether the socket is
   // readable.
