@@ -320,6 +320,64 @@ TEST(IoUringSingleIssuer, BoundToTheFirstThreadThatDrivesIt) {
   EXPECT_EQ(wait_one(q2).ret, 0);
 }
 
+// A region mapped (and unmapped) by another thread once the ring is bound:
+// the kernel lets only the owner change the ring's buffers, so the owner
+// registers it at its next do_io(); until then its requests use the plain
+// opcodes. A daemon's reactors each map buffers on every queue.
+TEST(IoUringSingleIssuer, RegionMappedByAnotherThreadIsRegisteredByTheOwner) {
+  TempFile f(1 << 20, "/var/tmp");
+  f.write_at(0, pattern(8192, 5));
+  auto dev = open_device("io_uring", {{"path", f.path()}, {"single-issuer", "true"}});
+  ASSERT_TRUE(dev);
+  Queue& q = *dev->queue(0);
+  MemRegion r{};
+  std::atomic<int> step{0};
+  auto wait_for = [&](int s) {
+    while (step.load() < s) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  std::thread owner([&] {
+    std::vector<char> plain(4096);
+    q.read(0, plain.data(), 4096, nullptr, 0);  // binds the ring to this thread
+    EXPECT_EQ(wait_one(q).ret, 0);
+    step = 1;
+    wait_for(2);
+    auto s0 = q.driver_queue().stats();
+    // Queued before the owner applied the registration: plain.
+    q.read(0, r.addr, 4096, nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+    auto s1 = q.driver_queue().stats();
+    EXPECT_EQ(s1.plain_ops - s0.plain_ops, 1u);
+    EXPECT_EQ(s1.fixed_buffer_ops, s0.fixed_buffer_ops);
+    // Registered by that do_io(): fixed from now on, and the data lands.
+    memset(r.addr, 0, 8192);
+    q.read(4096, static_cast<char*>(r.addr) + 4096, 4096, nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+    auto s2 = q.driver_queue().stats();
+    EXPECT_EQ(s2.fixed_buffer_ops - s1.fixed_buffer_ops, 1u);
+    EXPECT_EQ(std::string(static_cast<char*>(r.addr) + 4096, 4096), pattern(8192, 5).substr(4096));
+    step = 3;
+    wait_for(4);
+    // Unmapped by the other thread: plain memory again, dropped here.
+    q.read(0, r.addr, 4096, nullptr, 0);
+    EXPECT_EQ(wait_one(q).ret, 0);
+    auto s3 = q.driver_queue().stats();
+    EXPECT_EQ(s3.fixed_buffer_ops, s2.fixed_buffer_ops);
+    EXPECT_EQ(s3.plain_ops - s2.plain_ops, 1u);
+    EXPECT_EQ(std::string(static_cast<char*>(r.addr), 4096), pattern(8192, 5).substr(0, 4096));
+    step = 5;
+  });
+  wait_for(1);
+  ASSERT_TRUE(dev->alloc_mem_region(r, 1 << 16).ok());
+  ASSERT_TRUE(dev->map_mem_region(r).ok());
+  step = 2;
+  wait_for(3);
+  dev->unmap_mem_region(r);
+  step = 4;
+  wait_for(5);
+  owner.join();
+  dev->free_mem_region(r);
+}
+
 // Deferred task work still wakes an event-driven caller: the completion fd
 // fires for a request submitted with do_io(0, 0).
 TEST(IoUringSingleIssuer, CompletionFdFires) {

@@ -78,25 +78,53 @@ void IoUringQueue::notify() {
 
 Status IoUringQueue::map_region(MappedRegion& r) {
   if (r.driver_index < 0) return {};
+  const auto index = static_cast<unsigned>(r.driver_index);
   iovec iov{r.desc.addr, r.desc.len};
-  int ret = fixed_buffers_ ? io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_index),
-                                                                  &iov, nullptr, 1)
-                           : -EOPNOTSUPP;
+  int ret = fixed_buffers_ ? io_uring_register_buffers_update_tag(ring_.get(), index, &iov, nullptr, 1) : -EOPNOTSUPP;
   if (ret == 1) {
-    registered_[static_cast<size_t>(r.driver_index)] = 1;
-  } else {
-    // Memory the kernel will not pin still works, through the plain
-    // opcodes, on every queue.
-    r.driver_index = -1;
+    registered_[index] = 1;
+  } else if (ret == -EEXIST) {
+    // A single-issuer ring bound to another thread: registered later by
+    // that thread. Meanwhile requests on this queue use the plain opcodes.
+    std::lock_guard lock(pending_mu_);
+    pending_.push_back({index, iov});
+    has_pending_.store(true, std::memory_order_release);
   }
+  // Otherwise (memory the kernel will not pin) the plain opcodes work.
   return {};
 }
 
 void IoUringQueue::unmap_region(const MappedRegion& r) {
-  if (r.driver_slot < 0 || !registered_[static_cast<size_t>(r.driver_slot)]) return;
+  if (r.driver_slot < 0) return;
+  const auto index = static_cast<unsigned>(r.driver_slot);
+  {
+    // A registration still waiting for the owning thread must not happen
+    // after the memory is gone.
+    std::lock_guard lock(pending_mu_);
+    std::erase_if(pending_, [&](const PendingBuffer& p) { return p.index == index && p.iov.iov_len > 0; });
+  }
+  if (!registered_[index]) return;
+  registered_[index] = 0;
   iovec iov{nullptr, 0};
-  io_uring_register_buffers_update_tag(ring_.get(), static_cast<unsigned>(r.driver_slot), &iov, nullptr, 1);
-  registered_[static_cast<size_t>(r.driver_slot)] = 0;
+  if (io_uring_register_buffers_update_tag(ring_.get(), index, &iov, nullptr, 1) == -EEXIST) {
+    // The pages stay pinned until the owning thread drops them.
+    std::lock_guard lock(pending_mu_);
+    pending_.push_back({index, iov});
+    has_pending_.store(true, std::memory_order_release);
+  }
+}
+
+void IoUringQueue::apply_pending_buffers() {
+  std::vector<PendingBuffer> todo;
+  {
+    std::lock_guard lock(pending_mu_);
+    todo.swap(pending_);
+    has_pending_.store(false, std::memory_order_relaxed);
+  }
+  for (PendingBuffer& p : todo) {
+    int ret = io_uring_register_buffers_update_tag(ring_.get(), p.index, &p.iov, nullptr, 1);
+    if (p.iov.iov_len > 0 && ret == 1) registered_[p.index] = 1;
+  }
 }
 
 int IoUringQueue::enable_ring() {
@@ -109,6 +137,7 @@ int IoUringQueue::submit() {
   if (needs_enable_) [[unlikely]] {
     if (int r = enable_ring(); r < 0) return r;
   }
+  if (has_pending_.load(std::memory_order_acquire)) [[unlikely]] apply_pending_buffers();
   stats_.submit_calls++;
   return io_uring_submit(ring_.get());
 }
@@ -190,7 +219,8 @@ void IoUringQueue::enqueue_ring(RwTag tag, uint64_t offset, void* buf, uint64_t 
   }
   sq.sqe_tail = tail + 1;
   const unsigned write = tag.op() == Op::kWrite;
-  const int fixed = region ? region->driver_index : -1;
+  const int index = region ? region->driver_index : -1;
+  const int fixed = index >= 0 && registered_[static_cast<unsigned>(index)] ? index : -1;
   uint8_t opcode;
   uint16_t buf_index = 0;
   if (fixed >= 0) {
@@ -233,7 +263,8 @@ void IoUringQueue::issue_data(uint32_t slot, Tracked& t) {
   const Request& r = t.req;
   const bool write = r.op == Op::kWrite;
   const auto len = static_cast<uint32_t>(std::min(r.len - t.done, kMaxChunk));
-  const int fixed = r.region ? r.region->driver_index : -1;
+  const int index = r.region ? r.region->driver_index : -1;
+  const int fixed = index >= 0 && registered_[static_cast<unsigned>(index)] ? index : -1;
   io_uring_sqe* s = sqe();
   if (fixed >= 0) {
     stats_.fixed_buffer_ops++;
@@ -517,6 +548,7 @@ int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, cons
     if (foreign_thread_) return -EEXIST;
     if (int r = enable_ring(); r < 0) return r;
   }
+  if (has_pending_.load(std::memory_order_acquire)) [[unlikely]] apply_pending_buffers();
   int err = 0;
   if (inline_n_ > 0) {
     run_inline(owner);

@@ -2,7 +2,9 @@
 // regions registered as fixed buffers, and an eventfd for the completion fd.
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/driver.hpp"
@@ -123,7 +125,21 @@ class IoUringQueue final : public DriverQueue {
   unsigned sq_entries_ = 0;
   unsigned sq_mask_ = 0;
   DriverQueueStats stats_;
-  std::vector<uint8_t> registered_;  // fixed-buffer slot -> registered on this ring (for unmap)
+  // Fixed-buffer slot -> registered on this ring. Requests use the
+  // fixed-buffer opcodes only for slots registered here.
+  std::vector<uint8_t> registered_;
+  // Registrations (iov_len > 0) and unregistrations a single-issuer ring
+  // refused because another thread than its own asked (a region mapped by
+  // the application's other threads): the owning thread applies them, in
+  // order, before it next enters the kernel.
+  struct PendingBuffer {
+    unsigned index;
+    iovec iov;
+  };
+  void apply_pending_buffers();
+  std::mutex pending_mu_;
+  std::vector<PendingBuffer> pending_;
+  std::atomic<bool> has_pending_{false};
   std::vector<Tracked> tracked_;   // by slot
   // File-system capabilities learnt from -EOPNOTSUPP, so later requests skip
   // fallocate modes that cannot work.
