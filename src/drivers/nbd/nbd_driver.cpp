@@ -185,7 +185,7 @@ Result<std::unique_ptr<DriverQueue>> NbdDriver::create_queue(bool poll) {
   if (poll) return error(-ENOTSUP, "the nbd driver has no poll queues");
   if (conns_.empty()) return error(-EIO, "nbd driver: no connection");
   auto q = std::make_unique<NbdQueue>(conns_[next_conn_++ % conns_.size()], caps_, reconnect_delay_s_);
-  if (!q->ok()) return errno_error("nbd queue: eventfd/epoll");
+  if (!q->ok()) return errno_error("nbd queue: eventfd, timerfd or io_uring");
   return std::unique_ptr<DriverQueue>(std::move(q));
 }
 

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
 
@@ -44,19 +43,22 @@ bool connection_error(int e) { return e == ENOTCONN || e == ESHUTDOWN || e == EC
 NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps, int reconnect_delay_s)
     : conn_(std::move(conn)), caps_(caps), reconnect_delay_s_(reconnect_delay_s) {
   conn_->queues++;
+  // blkio(3): the completion fd is non-blocking (applications may read it).
   wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   timer_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
   gen_seen_ = conn_->generation();
   int sock = nbd_aio_get_fd(conn_->get());
-  if (!ok()) return;
-  // blkio(3): the completion fd is non-blocking (applications may read it).
-  ::fcntl(epoll_.get(), F_SETFL, O_NONBLOCK);
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev);
-  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, timer_.get(), &ev);
-  if (sock >= 0 && ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev) == 0) sock_fd_ = sock;
+  if (sock >= 0) sock_fd_ = sock;
+  if (!wake_.valid() || !timer_.valid()) return;
+  // No COOP/DEFER_TASKRUN: a poll's completion must interrupt the driving
+  // thread even while it sleeps in a read() of the completion fd.
+  // Every wakeup of the socket posts a CQE, reaped only by process(): room
+  // for many, as a multishot poll that finds the CQ full ends.
+  io_uring_params p{};
+  p.flags = IORING_SETUP_CQSIZE;
+  p.cq_entries = 4096;
+  if (!bridge_.init(4, p, 0)) return;
+  bridge_ok_ = io_uring_register_eventfd(bridge_.get(), wake_.get()) == 0;
   ready_.reserve(64);
 }
 
@@ -88,21 +90,74 @@ void NbdQueue::sync_socket() {
   uint64_t g = conn_->generation();
   bool alive = connection_alive();
   if (g == gen_seen_ && (alive || sock_fd_ < 0)) return;
-  // A dead handle's socket is closed (and so left the epoll set), or about
-  // to be: take it out ourselves so a hang-up cannot keep waking the set.
-  if (sock_fd_ >= 0) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, sock_fd_, nullptr);
+  // A dead handle's socket is closed, or about to be: forget it. The
+  // bridge drops its poll (a hang-up could keep signalling) at once.
   sock_fd_ = -1;
+  if (fd_wanted_) arm_bridge();
   if (g == gen_seen_) return;
   gen_seen_ = g;
   if (!alive) return;
   int sock = nbd_aio_get_fd(conn_->get());
-  if (sock < 0) return;
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sock, &ev) == 0 ||
-      (errno == EEXIST && ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, sock, &ev) == 0)) {
-    sock_fd_ = sock;
+  if (sock >= 0) sock_fd_ = sock;
+}
+
+namespace {
+// Bridge ring user_data: the timer's poll, or a socket's poll by generation.
+constexpr uint64_t kTimerPoll = 1;
+uint64_t socket_poll(uint64_t generation) { return (generation + 1) << 1; }
+}  // namespace
+
+void NbdQueue::set_completion_fd_enabled(bool enable) {
+  // Disabling may leave events coming (blkio(3) allows it): the polls stay,
+  // so an event loop that toggles around its processing pays no system call.
+  // They are armed by the next process(), on the thread that drives us.
+  if (enable) fd_wanted_ = true;
+}
+
+void NbdQueue::arm_bridge() {
+  io_uring* ring = bridge_.get();
+  bool sqes = false;
+  const bool want_sock = sock_fd_ >= 0;
+  if (sock_polled_ && (!want_sock || sock_poll_gen_ != gen_seen_)) {
+    io_uring_sqe* s = io_uring_get_sqe(ring);
+    io_uring_prep_poll_remove(s, socket_poll(sock_poll_gen_));
+    io_uring_sqe_set_data64(s, 0);
+    sock_polled_ = false;
+    sqes = true;
   }
+  if (want_sock && !sock_polled_) {
+    io_uring_sqe* s = io_uring_get_sqe(ring);
+    io_uring_prep_poll_multishot(s, sock_fd_, POLLIN);
+    io_uring_sqe_set_data64(s, socket_poll(gen_seen_));
+    sock_polled_ = true;
+    sock_poll_gen_ = gen_seen_;
+    sqes = true;
+  }
+  if (!timer_polled_) {
+    io_uring_sqe* s = io_uring_get_sqe(ring);
+    io_uring_prep_poll_multishot(s, timer_.get(), POLLIN);
+    io_uring_sqe_set_data64(s, kTimerPoll);
+    timer_polled_ = true;
+    sqes = true;
+  }
+  if (sqes) io_uring_submit(ring);
+}
+
+void NbdQueue::reap_bridge() {
+  io_uring* ring = bridge_.get();
+  unsigned head, seen = 0;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(ring, head, cqe) {
+    seen++;
+    if (cqe->flags & IORING_CQE_F_MORE) continue;
+    // A poll the kernel ended: arm_bridge() arms it again.
+    if (cqe->user_data == kTimerPoll) {
+      timer_polled_ = false;
+    } else if (sock_polled_ && cqe->user_data == socket_poll(sock_poll_gen_)) {
+      sock_polled_ = false;
+    }
+  }
+  io_uring_cq_advance(ring, seen);
 }
 
 void NbdQueue::arm_timer(bool on) {
@@ -391,7 +446,7 @@ void NbdQueue::pump(Read read) {
     // with more replies in the socket, where an edge-style waiter (io_uring's
     // multishot poll on our completion fd) would never hear of them: read
     // until the socket is empty. A hang-up reads as readable too, so a server
-    // that went away is noticed (the socket leaves the epoll set). On a
+    // that went away is noticed (and its poll ends). On a
     // shared connection another queue may have emptied the socket since
     // poll() said readable: look again.
     bool readable = (read == Read::kReadable && !shared) || socket_readable();
@@ -477,6 +532,10 @@ unsigned NbdQueue::reap(Queue& owner, unsigned budget) {
 int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                       const sigset_t* sig) {
   Driving d(this);
+  if (fd_wanted_) {
+    reap_bridge();
+    arm_bridge();
+  }
   // A caller that will wait goes to ppoll() first: a read now would mostly
   // find nothing (two system calls for no reply at depth 1), and the ppoll()
   // returns at once if a reply is there. That includes do_io()'s first,

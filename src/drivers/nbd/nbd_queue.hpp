@@ -14,6 +14,7 @@
 
 #include "core/driver.hpp"
 #include "core/fd.hpp"
+#include "core/uring.hpp"
 #include "drivers/nbd/nbd_connection.hpp"
 
 namespace blkstack {
@@ -39,12 +40,13 @@ class NbdQueue final : public DriverQueue {
   void enqueue(uint32_t slot, const Request& req) override;
   int process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
               const sigset_t* sig) override;
-  int completion_fd() const override { return epoll_.get(); }
+  int completion_fd() const override { return wake_.get(); }
+  void set_completion_fd_enabled(bool enable) override;
   void notify() override;
   DriverQueueStats stats() const override { return stats_; }
   bool supports_block_status() const override { return caps_.can_block_status; }
 
-  bool ok() const { return epoll_.valid() && wake_.valid() && timer_.valid(); }
+  bool ok() const { return wake_.valid() && timer_.valid() && bridge_ok_; }
 
  private:
   // One request in flight: libnbd calls back once per command it was split
@@ -85,7 +87,7 @@ class NbdQueue final : public DriverQueue {
   void fail_now(uint32_t slot, const char* msg);
 
   // Reconnection: notices a dead connection, has the link make it again,
-  // moves the socket in the epoll set to the new handle, sends parked
+  // moves to the new handle's socket, sends parked
   // requests once it is back and fails those whose reconnect-delay ran out
   // (or all of them when the device failed for good). wait_ms: how long it
   // may wait for the server's answers while connecting.
@@ -112,11 +114,27 @@ class NbdQueue final : public DriverQueue {
 
   std::shared_ptr<NbdLink> conn_;
   NbdCaps caps_;
-  UniqueFd wake_;   // eventfd: other threads finished our requests
-  UniqueFd epoll_;  // the completion fd: the socket (readable), wake_ and timer_
+  // The completion fd: an eventfd, as blkio(3) has applications read it.
+  // Other threads that finished our requests and notify() write it; the
+  // bridge ring signals it when the socket or the timer becomes readable.
+  UniqueFd wake_;
   UniqueFd timer_;  // ticks while requests are parked, so event loops come back to us
   bool timer_armed_ = false;
-  int sock_fd_ = -1;       // the socket in epoll_
+  // Once the application enables the completion fd: multishot polls of the
+  // socket and the timer on a small ring with wake_ registered as its
+  // eventfd, so the kernel signals wake_ itself (no thread of ours). Armed
+  // by the thread that drives the queue (poll completions run as its task
+  // work), and again from process() when the kernel ended them (the arming
+  // thread exited, the CQ overflowed) or the socket changed.
+  void arm_bridge();
+  void reap_bridge();
+  Ring bridge_;
+  bool bridge_ok_ = false;
+  bool fd_wanted_ = false;
+  bool sock_polled_ = false;
+  uint64_t sock_poll_gen_ = 0;  // the generation whose socket is polled
+  bool timer_polled_ = false;
+  int sock_fd_ = -1;  // the current handle's socket
   uint64_t gen_seen_ = 0;  // conn_->generation() that sock_fd_ belongs to
   int reconnect_delay_s_ = 0;
   std::vector<Parked> parked_;
