@@ -18,16 +18,14 @@ class Ring {
   Ring& operator=(const Ring&) = delete;
 
   // Sets the ring up with `entries` SQ entries and params.flags, dropping the
-  // optional flags when the kernel refuses them: first `newer_flags` (flags
-  // of later kernels), then `optional_flags` too.
-  Status init(unsigned entries, io_uring_params params, unsigned optional_flags, unsigned newer_flags = 0) {
+  // optional flags (optional_flags) when the kernel refuses them.
+  Status init(unsigned entries, io_uring_params params, unsigned optional_flags) {
     io_uring_params p = params;
-    int r = -EINVAL;
-    for (unsigned extra : {optional_flags | newer_flags, optional_flags, 0u}) {
+    p.flags |= optional_flags;
+    int r = io_uring_queue_init_params(entries, &ring_, &p);
+    if (r == -EINVAL && optional_flags) {
       p = params;
-      p.flags |= extra;
       r = io_uring_queue_init_params(entries, &ring_, &p);
-      if (r != -EINVAL || extra == 0) break;
     }
     if (r < 0) return Status(r, fmt::format("io_uring_queue_init({} entries): {}", entries, strerror(-r)));
     flags_ = p.flags;

@@ -2,8 +2,6 @@
 
 #include <sys/eventfd.h>
 
-#include <future>
-
 namespace blkstack {
 
 Reactor::~Reactor() {
@@ -16,16 +14,9 @@ Status Reactor::init(unsigned entries) {
   // Completions are only ever reaped by this thread: let the kernel defer
   // their work until we ask, and skip IPIs.
   unsigned optional = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
-  // Only the reactor thread ever enters this ring (other threads post()
-  // through the eventfd), so completions of socket operations can wait for
-  // the loop to ask for them and then run in one batch, instead of
-  // interrupting whatever the thread does at its next kernel entry (e.g. the
-  // submit of a library queue). The ring is created disabled on the control
-  // thread and bound to the reactor thread when its loop starts.
-  unsigned newer = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
   p.flags = IORING_SETUP_CQSIZE;
   p.cq_entries = entries * 4;
-  if (Status s = ring_.init(entries, p, optional, newer); !s) return s;
+  if (Status s = ring_.init(entries, p, optional); !s) return s;
   // Blocking on purpose: it is only read through the ring, and some kernels
   // answer an io_uring read of an O_NONBLOCK file with -EAGAIN instead of
   // waiting, which would make the mailbox spin. Writers never block (the
@@ -35,20 +26,11 @@ Status Reactor::init(unsigned entries) {
   return {};
 }
 
-Status Reactor::start() {
-  std::promise<int> bound;
-  thread_ = std::thread([this, &bound] {
+void Reactor::start() {
+  thread_ = std::thread([this] {
     thread_id_ = std::this_thread::get_id();
-    // A ring created disabled is bound to the thread that enables it.
-    int r = (ring_.flags() & IORING_SETUP_R_DISABLED) ? io_uring_enable_rings(ring_.get()) : 0;
-    bound.set_value(r);
-    if (r == 0) loop();
+    loop();
   });
-  if (int r = bound.get_future().get(); r < 0) {
-    thread_.join();
-    return Status(r, fmt::format("io_uring_enable_rings: {}", strerror(-r)));
-  }
-  return {};
 }
 
 void Reactor::stop() {

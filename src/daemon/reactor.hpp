@@ -49,7 +49,7 @@ class Reactor {
   Reactor& operator=(const Reactor&) = delete;
 
   Status init(unsigned entries = 1024);
-  Status start();                     // runs loop() on a new thread
+  void start();                       // runs loop() on a new thread
   void stop();                        // asks the loop to end (any thread)
   void join();
   unsigned index() const { return index_; }
