@@ -31,11 +31,6 @@ struct OpenOptions {
   int num_queues = 1;
   int num_poll_queues = 0;
   bool read_only = false;
-  // Each queue will be driven by one thread for its whole life (an event
-  // loop per queue, as the daemon's reactors are): drivers that can make use
-  // of that are told so (io_uring: single-issuer), unless the spec says
-  // otherwise.
-  bool one_thread_per_queue = false;
 };
 
 // Creates a device of spec.head, sets each property in the first state that

@@ -69,12 +69,6 @@ Result<std::unique_ptr<Device>> open_device(const KeyValueList& spec, const Open
     if (Status s = dev->set("read-only", PropValue(true)); !s) return s;
   }
   if (Status s = set_all(true); !s) return s;
-  if (options.one_thread_per_queue && !spec.get("single-issuer")) {
-    auto access = dev->property_access("single-issuer");
-    if (access && (access->writable & states::kCreated)) {
-      if (Status s = dev->set("single-issuer", PropValue(true)); !s) return s;
-    }
-  }
   if (Status s = dev->connect(); !s) return error(s.code(), "connect: {}", s.message());
   if (!spec.get("num-queues")) {
     if (Status s = dev->set("num-queues", PropValue(options.num_queues)); !s) return s;

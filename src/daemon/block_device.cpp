@@ -18,8 +18,6 @@ Result<std::unique_ptr<BlockDevice>> BlockDevice::open(std::string id, const Key
                                                       const std::vector<Reactor*>& reactors, size_t pool_bytes) {
   OpenOptions o;
   o.num_queues = static_cast<int>(reactors.size());
-  // Queue i is only ever driven by reactor i.
-  o.one_thread_per_queue = true;
   auto dev = open_device(spec, o);
   if (!dev) return dev.status();
   std::unique_ptr<BlockDevice> bd(new BlockDevice);

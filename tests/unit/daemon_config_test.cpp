@@ -10,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "blkstack/device.hpp"
 #include "blkstack/device_spec.hpp"
 #include "daemon/config.hpp"
 #include "exports/nbd/nbd_export.hpp"
@@ -254,34 +253,6 @@ TEST_F(ConfigFile, Errors) {
   Status s = load_config_file("/nonexistent/blkstack.toml", c);
   ASSERT_FALSE(s);
   EXPECT_NE(s.message().find("/nonexistent/blkstack.toml"), std::string::npos);
-}
-
-// The daemon opens its block devices with one_thread_per_queue (queue i
-// belongs to reactor i): drivers that can use it are told, unless the spec
-// says otherwise, and drivers without such a property open as before.
-TEST(OpenDevice, OneThreadPerQueueTurnsOnSingleIssuer) {
-  char path[] = "/var/tmp/blkstack-open-device-XXXXXX";
-  int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
-  close(fd);
-  const std::string spec = std::string("io_uring,path=") + path;
-  auto single_issuer = [](Device& d) { return std::get<bool>(*d.get("single-issuer", PropType::kBool)); };
-  OpenOptions per_thread;
-  per_thread.one_thread_per_queue = true;
-  per_thread.num_queues = 2;
-  auto on = open_device(kv(spec.c_str()), per_thread);
-  ASSERT_TRUE(on.ok()) << on.status().message();
-  EXPECT_TRUE(single_issuer(**on));
-  auto off = open_device(kv((spec + ",single-issuer=false").c_str()), per_thread);
-  ASSERT_TRUE(off.ok()) << off.status().message();
-  EXPECT_FALSE(single_issuer(**off));
-  auto plain = open_device(kv(spec.c_str()));
-  ASSERT_TRUE(plain.ok()) << plain.status().message();
-  EXPECT_FALSE(single_issuer(**plain));
-  auto null = open_device(kv("null,size=1048576"), per_thread);
-  EXPECT_TRUE(null.ok()) << null.status().message();
-  unlink(path);
 }
 
 }  // namespace
