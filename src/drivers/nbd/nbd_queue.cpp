@@ -90,15 +90,17 @@ void NbdQueue::sync_socket() {
   uint64_t g = conn_->generation();
   bool alive = connection_alive();
   if (g == gen_seen_ && (alive || sock_fd_ < 0)) return;
-  // A dead handle's socket is closed, or about to be: forget it. The
-  // bridge drops its poll (a hang-up could keep signalling) at once.
+  // A dead handle's socket is closed, or about to be: forget it.
   sock_fd_ = -1;
+  if (g != gen_seen_) {
+    gen_seen_ = g;
+    int sock = alive ? nbd_aio_get_fd(conn_->get()) : -1;
+    if (sock >= 0) sock_fd_ = sock;
+  }
+  // At once, not at the next process(): the bridge drops the old socket's
+  // poll (a hang-up could keep signalling) and polls the new one, whose
+  // replies to the requests sent on reconnection an event loop waits for.
   if (fd_wanted_) arm_bridge();
-  if (g == gen_seen_) return;
-  gen_seen_ = g;
-  if (!alive) return;
-  int sock = nbd_aio_get_fd(conn_->get());
-  if (sock >= 0) sock_fd_ = sock;
 }
 
 namespace {
