@@ -86,9 +86,7 @@ Status IoUringQueue::map_region(MappedRegion& r) {
   } else if (ret == -EEXIST) {
     // A single-issuer ring bound to another thread: registered later by
     // that thread. Meanwhile requests on this queue use the plain opcodes.
-    std::lock_guard lock(pending_mu_);
-    pending_.push_back({index, iov});
-    has_pending_.store(true, std::memory_order_release);
+    defer_buffer_change(index, iov);
   }
   // Otherwise (memory the kernel will not pin) the plain opcodes work.
   return {};
@@ -108,10 +106,14 @@ void IoUringQueue::unmap_region(const MappedRegion& r) {
   iovec iov{nullptr, 0};
   if (io_uring_register_buffers_update_tag(ring_.get(), index, &iov, nullptr, 1) == -EEXIST) {
     // The pages stay pinned until the owning thread drops them.
-    std::lock_guard lock(pending_mu_);
-    pending_.push_back({index, iov});
-    has_pending_.store(true, std::memory_order_release);
+    defer_buffer_change(index, iov);
   }
+}
+
+void IoUringQueue::defer_buffer_change(unsigned index, iovec iov) {
+  std::lock_guard lock(pending_mu_);
+  pending_.push_back({index, iov});
+  has_pending_.store(true, std::memory_order_release);
 }
 
 void IoUringQueue::apply_pending_buffers() {
@@ -134,10 +136,7 @@ int IoUringQueue::enable_ring() {
 }
 
 int IoUringQueue::submit() {
-  if (needs_enable_) [[unlikely]] {
-    if (int r = enable_ring(); r < 0) return r;
-  }
-  if (has_pending_.load(std::memory_order_acquire)) [[unlikely]] apply_pending_buffers();
+  if (int r = prepare_enter(); r < 0) return r;
   stats_.submit_calls++;
   return io_uring_submit(ring_.get());
 }
@@ -219,8 +218,7 @@ void IoUringQueue::enqueue_ring(RwTag tag, uint64_t offset, void* buf, uint64_t 
   }
   sq.sqe_tail = tail + 1;
   const unsigned write = tag.op() == Op::kWrite;
-  const int index = region ? region->driver_index : -1;
-  const int fixed = index >= 0 && registered_[static_cast<unsigned>(index)] ? index : -1;
+  const int fixed = fixed_index(region);
   uint8_t opcode;
   uint16_t buf_index = 0;
   if (fixed >= 0) {
@@ -263,8 +261,7 @@ void IoUringQueue::issue_data(uint32_t slot, Tracked& t) {
   const Request& r = t.req;
   const bool write = r.op == Op::kWrite;
   const auto len = static_cast<uint32_t>(std::min(r.len - t.done, kMaxChunk));
-  const int index = r.region ? r.region->driver_index : -1;
-  const int fixed = index >= 0 && registered_[static_cast<unsigned>(index)] ? index : -1;
+  const int fixed = fixed_index(r.region);
   io_uring_sqe* s = sqe();
   if (fixed >= 0) {
     stats_.fixed_buffer_ops++;
@@ -544,11 +541,8 @@ unsigned IoUringQueue::reap(Queue& owner, unsigned budget) {
 int IoUringQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const struct timespec* timeout,
                           const sigset_t* sig) {
   io_uring* ring = ring_.get();
-  if (needs_enable_ || foreign_thread_) [[unlikely]] {
-    if (foreign_thread_) return -EEXIST;
-    if (int r = enable_ring(); r < 0) return r;
-  }
-  if (has_pending_.load(std::memory_order_acquire)) [[unlikely]] apply_pending_buffers();
+  if (foreign_thread_) [[unlikely]] return -EEXIST;
+  if (int r = prepare_enter(); r < 0) return r;
   int err = 0;
   if (inline_n_ > 0) {
     run_inline(owner);

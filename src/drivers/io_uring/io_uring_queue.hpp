@@ -91,6 +91,21 @@ class IoUringQueue final : public DriverQueue {
   int submit();
   // Binds a disabled ring to the calling thread; 0, or a negative errno.
   int enable_ring();
+  // Before any entry into the kernel: binds a disabled ring and applies the
+  // buffer changes other threads left. 0, or a negative errno.
+  int prepare_enter() {
+    if (needs_enable_) [[unlikely]] {
+      if (int r = enable_ring(); r < 0) return r;
+    }
+    if (has_pending_.load(std::memory_order_acquire)) [[unlikely]] apply_pending_buffers();
+    return 0;
+  }
+  // The fixed-buffer index to use for memory in `region`, or -1 (no region,
+  // no slot, or the slot not registered on this ring).
+  int fixed_index(const MappedRegion* region) const {
+    const int index = region ? region->driver_index : -1;
+    return index >= 0 && registered_[static_cast<unsigned>(index)] ? index : -1;
+  }
 
   IoUringTarget target_;
   bool poll_;
@@ -137,6 +152,7 @@ class IoUringQueue final : public DriverQueue {
     iovec iov;
   };
   void apply_pending_buffers();
+  void defer_buffer_change(unsigned index, iovec iov);  // for the owning thread
   std::mutex pending_mu_;
   std::vector<PendingBuffer> pending_;
   std::atomic<bool> has_pending_{false};

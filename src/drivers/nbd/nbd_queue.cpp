@@ -119,6 +119,12 @@ void NbdQueue::set_completion_fd_enabled(bool enable) {
 void NbdQueue::arm_bridge() {
   io_uring* ring = bridge_.get();
   bool sqes = false;
+  auto poll = [&](int fd, uint64_t tag) {
+    io_uring_sqe* s = io_uring_get_sqe(ring);
+    io_uring_prep_poll_multishot(s, fd, POLLIN);
+    io_uring_sqe_set_data64(s, tag);
+    sqes = true;
+  };
   const bool want_sock = sock_fd_ >= 0;
   if (sock_polled_ && (!want_sock || sock_poll_gen_ != gen_seen_)) {
     io_uring_sqe* s = io_uring_get_sqe(ring);
@@ -128,19 +134,13 @@ void NbdQueue::arm_bridge() {
     sqes = true;
   }
   if (want_sock && !sock_polled_) {
-    io_uring_sqe* s = io_uring_get_sqe(ring);
-    io_uring_prep_poll_multishot(s, sock_fd_, POLLIN);
-    io_uring_sqe_set_data64(s, socket_poll(gen_seen_));
+    poll(sock_fd_, socket_poll(gen_seen_));
     sock_polled_ = true;
     sock_poll_gen_ = gen_seen_;
-    sqes = true;
   }
   if (!timer_polled_) {
-    io_uring_sqe* s = io_uring_get_sqe(ring);
-    io_uring_prep_poll_multishot(s, timer_.get(), POLLIN);
-    io_uring_sqe_set_data64(s, kTimerPoll);
+    poll(timer_.get(), kTimerPoll);
     timer_polled_ = true;
-    sqes = true;
   }
   if (sqes) io_uring_submit(ring);
 }
@@ -544,7 +544,8 @@ int NbdQueue::process(Queue& owner, unsigned budget, unsigned wait_for, const st
   // non-waiting pass when a waiting one follows. A caller that will not wait
   // was most likely woken by the completion fd: read.
   read_since_wait_ = false;
-  const unsigned caller_waits_for = wait_for == 0 ? owner.caller_waits_for() : 0;
+  // (Non-zero only in do_io()'s first pass, where wait_for is 0.)
+  const unsigned caller_waits_for = owner.caller_waits_for();
   pump(wait_for == 0 && caller_waits_for == 0 ? Read::kIfReadable : Read::kNo);
   // After the read: a hang-up read just now has made the handle dead.
   if (link_needs_care()) [[unlikely]] {
