@@ -107,6 +107,13 @@ Measurement run_here(const std::string& library, const Target& t, const Workload
   blkio_mem_region region{};
   if (api.alloc_mem_region(b, &region, static_cast<size_t>(w.depth) * w.block_size) < 0) return fail("alloc_mem_region");
   if (api.map_mem_region(b, &region) < 0) return fail("map_mem_region");
+  // Writes carry incompressible, non-zero data, as fio's do: some servers
+  // (and some devices) treat all-zero blocks specially.
+  {
+    Rng fill;
+    auto* words = static_cast<uint64_t*>(region.addr);
+    for (size_t i = 0; i < region.len / sizeof(uint64_t); i++) words[i] = fill.next();
+  }
   blkioq* q = api.get_queue(b, 0);
 
   const uint64_t blocks = capacity / w.block_size;

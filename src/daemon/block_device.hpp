@@ -13,6 +13,7 @@
 #include "blkstack/device_spec.hpp"
 #include "daemon/buffer_pool.hpp"
 #include "daemon/io_queue.hpp"
+#include "daemon/known_data.hpp"
 #include "daemon/reactor.hpp"
 
 namespace blkstack {
@@ -23,6 +24,7 @@ class BlockDevice {
     Lane(Reactor& r, Queue& q) : io(r, q) {}
     IoQueue io;
     BufferPool pool;
+    KnownData known_data;  // where this reactor has learnt the device has data
   };
 
   // Opens the device described by spec with one queue per reactor and sets up

@@ -325,6 +325,7 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
                           {"errors", s.errors},
                           {"fua_writes", s.fua_writes},
                           {"flushes", s.flushes},
+                          {"layout_queries", s.layout_queries},
                           {"heap_buffers", heap},
                           {"latency_ns",
                            {{"p50", s.percentile(0.50)},

@@ -16,6 +16,7 @@ struct StatsShard {
 
   std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, connections{0};
   std::atomic<uint64_t> fua_writes{0}, flushes{0};
+  std::atomic<uint64_t> layout_queries{0};  // allocation queries asked of the device (SEEK_DATA/SEEK_HOLE)
   std::array<std::atomic<uint64_t>, kBuckets> latency{};
 
   static void add(std::atomic<uint64_t>& c, uint64_t v) {
@@ -39,7 +40,7 @@ struct StatsShard {
 
 struct StatsSnapshot {
   uint64_t requests = 0, read_bytes = 0, write_bytes = 0, errors = 0, connections = 0;
-  uint64_t fua_writes = 0, flushes = 0;
+  uint64_t fua_writes = 0, flushes = 0, layout_queries = 0;
   std::array<uint64_t, StatsShard::kBuckets> latency{};
 
   void add(const StatsShard& s) {
@@ -50,6 +51,7 @@ struct StatsSnapshot {
     connections += s.connections.load(std::memory_order_relaxed);
     fua_writes += s.fua_writes.load(std::memory_order_relaxed);
     flushes += s.flushes.load(std::memory_order_relaxed);
+    layout_queries += s.layout_queries.load(std::memory_order_relaxed);
     for (unsigned i = 0; i < StatsShard::kBuckets; i++) latency[i] += s.latency[i].load(std::memory_order_relaxed);
   }
   // Latency (ns) below which fraction p of the requests completed.

@@ -464,18 +464,16 @@ void Connection::start_read(Request* r) {
     // on the lane's queue, next to the read (not before it: for a network
     // device each is a round trip). The reply goes out once both are done.
     const uint64_t gen = export_->device().holes_generation();
-    const uint64_t end = h.offset + h.length;
     // All data by an earlier answer: nothing to learn.
-    if (!(gen == data_gen_ && h.offset >= data_begin_ && end <= data_end_)) {
+    if (lane_->known_data.data_from(h.offset, gen) < h.length) {
       r->scan = h.offset;
-      r->scan_end = end;
+      r->scan_end = h.offset + h.length;
       r->holes_gen = gen;
       r->pending++;
       // The first query asks up to the end of the device (the kernel scans
       // as far as the next hole whatever length is asked): a data extent
-      // found is remembered for the reads that follow.
-      lane_->io.queue().block_status(h.offset, export_->device().device().info().capacity - h.offset, &r->answer,
-                                     &r->status_done, 0);
+      // found is remembered for the requests that follow.
+      ask_layout(r, export_->device().device().info().capacity - h.offset);
     }
   }
   r->pending++;
@@ -489,14 +487,9 @@ void Connection::start_read(Request* r) {
 // decides the reply.
 void Connection::read_layout_step(Request* r, int ret) {
   const uint64_t end = r->scan_end;
-  const bool first = r->scan == r->h.offset;
   bool more = false;
   if (ret >= 0 && r->answer.len > 0) {
-    if (first && !r->answer.hole) {
-      data_begin_ = r->scan;
-      data_end_ = r->scan + r->answer.len;
-      data_gen_ = r->holes_gen;
-    }
+    if (!r->answer.hole) lane_->known_data.learn(r->scan, r->scan + r->answer.len, r->holes_gen);
     AllocationExtent x = r->answer;
     x.len = std::min(x.len, end - r->scan);
     x.len -= x.len % export_->info().min_block;
@@ -511,11 +504,7 @@ void Connection::read_layout_step(Request* r, int ret) {
       more = r->scan < end && r->extents.size() < 64;
     }
   }
-  if (more && !dead_) {
-    lane_->io.queue().block_status(r->scan, end - r->scan, &r->answer, &r->status_done, 0);
-    lane_->io.kick();
-    return;
-  }
+  if (more && !dead_) return ask_layout(r, end - r->scan);
   if (r->scan < end) r->extents.push_back({end - r->scan, false});
   if (!r->any_hole) r->extents.clear();
   request_done(r, 0);
@@ -597,8 +586,25 @@ void Connection::block_status(Request* r) {
   // else meanwhile); the reply goes out from reply_block_status().
   r->scan = r->h.offset;
   r->scan_end = r->h.offset + r->h.length;
+  r->holes_gen = export_->device().holes_generation();
   r->pending = 1;
-  lane_->io.queue().block_status(r->scan, r->scan_end - r->scan, &r->answer, &r->status_done, 0);
+  next_status_query(r);
+}
+
+// The extent at r->scan: from what this reactor already knows when it is
+// data, else from the device, asked up to the end of the device so that the
+// whole data extent is learnt (the kernel scans that far anyway).
+void Connection::next_status_query(Request* r) {
+  if (uint64_t known = lane_->known_data.data_from(r->scan, r->holes_gen)) {
+    r->answer = {known, false};
+    return block_status_step(r, 0);  // ends, or asks the device: the known extent is used up
+  }
+  ask_layout(r, export_->device().device().info().capacity - r->scan);
+}
+
+void Connection::ask_layout(Request* r, uint64_t len) {
+  StatsShard::add(stats_->layout_queries, 1);
+  lane_->io.queue().block_status(r->scan, len, &r->answer, &r->status_done, 0);
   lane_->io.kick();
 }
 
@@ -606,19 +612,20 @@ void Connection::block_status_step(Request* r, int ret) {
   if (ret < 0) return request_done(r, ret);
   const size_t max_ext = (r->h.flags & kCmdFlagReqOne) ? 1 : 1024;
   const AllocationExtent& e = r->answer;
+  if (e.len == 0) return request_done(r, 0);
+  if (!e.hole) lane_->known_data.learn(r->scan, r->scan + e.len, r->holes_gen);
+  const uint64_t len = std::min(e.len, r->scan_end - r->scan);
   uint32_t flags = e.hole ? (kStateHole | kStateZero) : 0;
   if (!r->status.empty() && r->status.back().flags == flags) {
-    r->status.back().length += e.len;
+    r->status.back().length += len;
   } else {
-    r->status.push_back({e.len, flags});
+    r->status.push_back({len, flags});
   }
-  r->scan += e.len;
+  r->scan += len;
   // A reply may cover less than asked (the client asks again): stop at an
   // extent the device ended off the block size, where no query may start.
   if (r->scan < r->scan_end && r->status.size() < max_ext && r->scan % export_->info().min_block == 0 && !dead_) {
-    lane_->io.queue().block_status(r->scan, r->scan_end - r->scan, &r->answer, &r->status_done, 0);
-    lane_->io.kick();
-    return;
+    return next_status_query(r);
   }
   request_done(r, 0);
 }

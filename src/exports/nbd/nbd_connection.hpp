@@ -83,6 +83,8 @@ class Connection final : public Reactor::Deferred {
   void status_done(Request* r, int ret);  // an allocation query completed
   void read_layout_step(Request* r, int ret);
   void block_status_step(Request* r, int ret);
+  void next_status_query(Request* r);
+  void ask_layout(Request* r, uint64_t len);
   void request_done(Request* r, int ret);
   friend struct Request;
 
@@ -133,11 +135,6 @@ class Connection final : public Reactor::Deferred {
   SendOp send_op_{*this};
   bool send_pending_ = false;
   uint64_t tls_sent_ = 0;  // ciphertext bytes of the send in flight
-
-  // A range known to hold data (from an earlier extent query, while the
-  // device's holes generation stays data_gen_): hole-aware reads inside it
-  // skip the query, which on a file costs a scan up to the next hole.
-  uint64_t data_begin_ = 0, data_end_ = 0, data_gen_ = 0;
 
   std::vector<std::unique_ptr<Request>> free_requests_;
   unsigned in_flight_ = 0;        // requests not yet answered
