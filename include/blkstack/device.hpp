@@ -62,6 +62,15 @@ class Device {
   // report data.
   Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len);
 
+  // A file descriptor whose bytes at the device's offsets are the device's
+  // data, in memory (a regular file on tmpfs or ramfs opened without
+  // O_DIRECT), or -1. Reading it never waits for a disk, so an export may
+  // splice(2) from it on its event loop and hand the kernel references to
+  // the pages instead of copying them (zero-copy NBD reads). Such reads skip
+  // this library's queues: only for range-checked reads, and only while the
+  // device is connected. Owned by the device.
+  int memory_file() const;
+
   // Valid once connected.
   const DeviceInfo& info() const { return info_; }
   bool read_only() const { return read_only_; }

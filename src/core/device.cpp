@@ -112,6 +112,8 @@ Status Device::start() {
   return {};
 }
 
+int Device::memory_file() const { return state_ == State::kCreated ? -1 : driver_->memory_file(); }
+
 Result<AllocationExtent> Device::extent_at(uint64_t offset, uint64_t len) {
   if (state_ == State::kCreated) return error(-ENODEV, "Device must be connected");
   if (offset >= info_.capacity) return error(-EINVAL, "offset is beyond the end of the device");

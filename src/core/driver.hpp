@@ -150,6 +150,9 @@ class Driver {
   // The capacity now, for devices that can grow (can-grow): writes past the
   // end extend them, and the capacity property follows.
   virtual uint64_t current_capacity(uint64_t connected_capacity) { return connected_capacity; }
+
+  // See Device::memory_file().
+  virtual int memory_file() const { return -1; }
 };
 
 // Registry of driver factories, by name. Drivers with heavy dependencies

@@ -326,6 +326,7 @@ nlohmann::json Daemon::export_json(const std::string& id, const Export& e) {
                           {"fua_writes", s.fua_writes},
                           {"flushes", s.flushes},
                           {"layout_queries", s.layout_queries},
+                          {"spliced_reads", s.spliced_reads},
                           {"heap_buffers", heap},
                           {"latency_ns",
                            {{"p50", s.percentile(0.50)},

@@ -17,6 +17,7 @@ struct StatsShard {
   std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, connections{0};
   std::atomic<uint64_t> fua_writes{0}, flushes{0};
   std::atomic<uint64_t> layout_queries{0};  // allocation queries asked of the device (SEEK_DATA/SEEK_HOLE)
+  std::atomic<uint64_t> spliced_reads{0};   // reads answered from the device's file without a copy
   std::array<std::atomic<uint64_t>, kBuckets> latency{};
 
   static void add(std::atomic<uint64_t>& c, uint64_t v) {
@@ -40,7 +41,7 @@ struct StatsShard {
 
 struct StatsSnapshot {
   uint64_t requests = 0, read_bytes = 0, write_bytes = 0, errors = 0, connections = 0;
-  uint64_t fua_writes = 0, flushes = 0, layout_queries = 0;
+  uint64_t fua_writes = 0, flushes = 0, layout_queries = 0, spliced_reads = 0;
   std::array<uint64_t, StatsShard::kBuckets> latency{};
 
   void add(const StatsShard& s) {
@@ -52,6 +53,7 @@ struct StatsSnapshot {
     fua_writes += s.fua_writes.load(std::memory_order_relaxed);
     flushes += s.flushes.load(std::memory_order_relaxed);
     layout_queries += s.layout_queries.load(std::memory_order_relaxed);
+    spliced_reads += s.spliced_reads.load(std::memory_order_relaxed);
     for (unsigned i = 0; i < StatsShard::kBuckets; i++) latency[i] += s.latency[i].load(std::memory_order_relaxed);
   }
   // Latency (ns) below which fraction p of the requests completed.

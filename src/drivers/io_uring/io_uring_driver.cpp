@@ -37,10 +37,14 @@ constexpr uint32_t kDefaultInlineMax = 64 * 1024;
 // do the copy ourselves. Kernels that can do it inline keep the ring.
 // BLKSTACK_IO_URING_INLINE_MAX (bytes; 0: never) overrides the size limit,
 // for measurements.
-uint32_t inline_io_max(int fd) {
+bool file_in_memory(int fd) {
   struct statfs sf {};
-  if (::fstatfs(fd, &sf) != 0) return 0;
-  if (sf.f_type != TMPFS_MAGIC && sf.f_type != RAMFS_MAGIC) return 0;
+  if (::fstatfs(fd, &sf) != 0) return false;
+  return sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC;
+}
+
+uint32_t inline_io_max(int fd) {
+  if (!file_in_memory(fd)) return 0;
   char byte;
   struct iovec iov {&byte, 1};
   if (::preadv2(fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP) return 0;
@@ -194,6 +198,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
   target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw), single_issuer_};
+  in_memory_ = !is_block && !direct && file_in_memory(raw);
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);
 

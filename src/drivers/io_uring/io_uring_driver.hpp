@@ -43,6 +43,7 @@ class IoUringDriver final : public Driver {
   void unmap_region(const MappedRegion& r) override;
   Result<AllocationExtent> extent_at(uint64_t offset, uint64_t len) override;
   uint64_t current_capacity(uint64_t connected_capacity) override;
+  int memory_file() const override { return in_memory_ ? target_.fd : -1; }
 
  private:
   friend struct IoUringProperties;
@@ -58,6 +59,7 @@ class IoUringDriver final : public Driver {
 
   UniqueFd fd_;
   IoUringTarget target_;
+  bool in_memory_ = false;  // a regular file on tmpfs/ramfs, not O_DIRECT
   std::vector<bool> fixed_used_;
 };
 

@@ -1,5 +1,7 @@
 #include "exports/nbd/nbd_connection.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -16,10 +18,13 @@ namespace {
 constexpr size_t kInBufferSize = 32 << 10;
 constexpr size_t kRawBufferSize = 32 << 10;
 constexpr unsigned kMaxInFlight = 512;          // requests per connection before input pauses
-constexpr uint64_t kMaxQueuedOutput = 64 << 20;  // reply bytes waiting before input pauses
+constexpr size_t kMaxQueuedReplies = 4096;       // replies waiting for the socket before input pauses
 constexpr uint64_t kDirectRecvMin = 16 << 10;    // payloads this big are received in place
 constexpr uint64_t kHoleAwareReadMin = 64 << 10; // reads this big report holes as holes
 constexpr size_t kMaxIov = 1024;
+constexpr uint64_t kSpliceReadMin = 64 << 10;  // reads this big from an in-memory file are spliced
+constexpr int kPipeBytes = 1 << 20;            // asked of F_SETPIPE_SZ (the default limit for users)
+constexpr uint64_t kPage = 4096;
 
 }  // namespace
 
@@ -57,6 +62,9 @@ struct Connection::Out {
   uint64_t data_len = 0;
   std::vector<uint8_t> owned;  // negotiation replies, block status payloads
   Request* release = nullptr;  // returned to the pool once sent
+  uint64_t spliced = 0;        // zero-copy read: data bytes still to go, from the device file ...
+  uint64_t file_off = 0;       // ... at this offset, after the header
+  uint64_t in_pipe = 0;        // of which this many are in the pipe
   uint64_t sent = 0;
   uint64_t size() const { return hdr_len + data_len + owned.size(); }
 };
@@ -83,6 +91,8 @@ Connection::~Connection() {
   }
   if (payload_req_) free_request(payload_req_);
   if (stats_) StatsShard::add(stats_->connections, static_cast<uint64_t>(-1));
+  if (pipe_r_ >= 0) ::close(pipe_r_);
+  if (pipe_w_ >= 0) ::close(pipe_w_);
   ::close(fd_);
 }
 
@@ -258,6 +268,7 @@ bool Connection::handshake_input() {
   }
   lane_ = &export_->device().lane(reactor_.index());
   stats_ = &export_->stats(reactor_.index());
+  if (!tls_) splice_src_ = export_->device().device().memory_file();
   StatsShard::add(stats_->connections, 1);
   return true;
 }
@@ -346,7 +357,9 @@ bool Connection::transmission_input() {
       if (!take_payload()) return true;
       continue;
     }
-    if (in_flight_ >= kMaxInFlight) {
+    // A client that sends without reading its replies is not read either
+    // (zero-copy read replies hold no buffer, so the pool does not stop it).
+    if (in_flight_ >= kMaxInFlight || out_.size() >= kMaxQueuedReplies) {
       blocked_ = true;
       return false;
     }
@@ -389,6 +402,7 @@ void Connection::dispatch(const RequestHeader& h) {
   switch (h.type) {
     case kCmdRead:
     case kCmdWrite:
+      if (h.type == kCmdRead && splice_src_ >= 0 && h.length >= kSpliceReadMin && splice_read(r)) return;
       r->buf = lane_->pool.alloc(h.length);
       if (!r->buf) {
         // Out of buffers: answer later requests first, then try again. The
@@ -479,6 +493,66 @@ void Connection::start_read(Request* r) {
   r->pending++;
   lane_->io.queue().read(h.offset, r->buf.data, h.length, r, 0);
   lane_->io.kick();
+}
+
+// A large read of a device that lives in a file in memory is answered
+// without a copy in the daemon: when its turn to be sent comes, the file's
+// pages go into the connection's pipe by reference and from there into the
+// socket (splice_out); the client's receive is the only copy. Returns false,
+// having changed nothing, when the read must take the ordinary path: a
+// reply that may have to report holes (structured replies, no DF, and no
+// knowledge that the range is all data), or no pipe to be had.
+//
+// The data is taken from the file as it is sent, as with any read whose
+// reply is still on its way: a write that lands before then can show
+// through. Only requests in flight at the same time can see that, and NBD
+// leaves their order open.
+bool Connection::splice_read(Request* r) {
+  const RequestHeader& h = r->h;
+  if (neg_.structured_replies && !(h.flags & kCmdFlagDf) && h.length >= kHoleAwareReadMin &&
+      export_->reports_holes() &&
+      lane_->known_data.data_from(h.offset, export_->device().holes_generation()) < h.length) {
+    return false;
+  }
+  if (pipe_r_ < 0 && !open_pipe()) {
+    splice_src_ = -1;
+    return false;
+  }
+  Out& o = push_out();
+  if (neg_.structured_replies) {
+    o.hdr_len = static_cast<uint8_t>(encode_offset_data(o.hdr, {h.cookie, h.offset, neg_.extended_headers},
+                                                        kReplyFlagDone, h.offset, h.length));
+  } else {
+    o.hdr_len = static_cast<uint8_t>(encode_simple_reply(o.hdr, h.cookie, 0));
+  }
+  o.spliced = h.length;
+  o.file_off = h.offset;
+  StatsShard::add(stats_->spliced_reads, 1);
+  finish_request(r, false);
+  return true;
+}
+
+// The pipe for zero-copy reads, as large as the kernel allows us (the
+// default 64 KiB otherwise). The socket becomes non-blocking: splice(2)
+// into a socket waits for room unless the socket itself says not to (before
+// Linux 6.5 SPLICE_F_NONBLOCK only covers the pipe). The ring's socket
+// operations do not depend on it.
+bool Connection::open_pipe() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return false;
+  pipe_r_ = p[0];
+  pipe_w_ = p[1];
+  int size = ::fcntl(pipe_w_, F_SETPIPE_SZ, kPipeBytes);
+  if (size < 0) size = ::fcntl(pipe_w_, F_GETPIPE_SZ);
+  const int fl = ::fcntl(fd_, F_GETFL);
+  if (size <= 0 || fl < 0 || ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK) != 0) {
+    ::close(pipe_r_);
+    ::close(pipe_w_);
+    pipe_r_ = pipe_w_ = -1;
+    return false;
+  }
+  pipe_bytes_ = static_cast<uint64_t>(size);
+  return true;
 }
 
 // One allocation query of a hole-aware read is answered: add it to the
@@ -817,6 +891,11 @@ void Connection::flush_output() {
     if (ct.empty()) return;
     iov_.assign(1, iovec{ct.data(), ct.size()});
   } else {
+    // Spliced data leaves from the pipe once its header is out; the replies
+    // after it wait for it.
+    while (!out_.empty() && out_.front().spliced && out_.front().sent == out_.front().size()) {
+      if (!splice_out()) return;
+    }
     if (out_.empty()) return;
     iov_.clear();
     for (Out& o : out_) {
@@ -833,6 +912,7 @@ void Connection::flush_output() {
       if (o.hdr_len) add(o.hdr, o.hdr_len);
       if (o.data_len) add(o.data, o.data_len);
       if (!o.owned.empty()) add(o.owned.data(), o.owned.size());
+      if (o.spliced) break;
     }
   }
   msg_ = {};
@@ -866,10 +946,68 @@ void Connection::on_sent(int res) {
         break;
       }
       n -= left;
+      o.sent += left;
+      if (o.spliced) break;  // its data is still in the pipe
       if (o.release) free_request(o.release);
       out_.pop_front();
     }
   }
+  after_output();
+}
+
+// The data of the zero-copy read at the head, file -> pipe -> socket, a
+// pipeful at a time. True when it is all out (the reply is done); false
+// when the socket is full (a poll for room is armed) or the connection
+// failed.
+bool Connection::splice_out() {
+  Out& o = out_.front();
+  while (o.spliced) {
+    if (o.in_pipe == 0) {
+      auto off = static_cast<loff_t>(o.file_off);
+      ssize_t n = ::splice(splice_src_, &off, pipe_w_, nullptr, std::min(o.spliced, pipe_bytes_), SPLICE_F_NONBLOCK);
+      if (n == 0) {
+        // The file ends early (shrunk under us): zeroes, as a read past the
+        // end gives.
+        static const uint8_t kZeroes[kPage] = {};
+        n = ::write(pipe_w_, kZeroes, std::min<uint64_t>(kPage, o.spliced));
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        fail(fmt::format("zero-copy read of the device file: {}", n == 0 ? "no progress" : strerror(errno)));
+        return false;
+      }
+      o.file_off += static_cast<uint64_t>(n);
+      o.in_pipe = static_cast<uint64_t>(n);
+    }
+    ssize_t n = ::splice(pipe_r_, nullptr, fd_, nullptr, o.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    if (n > 0) {
+      o.in_pipe -= static_cast<uint64_t>(n);
+      o.spliced -= static_cast<uint64_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      io_uring_sqe* s = reactor_.sqe();
+      io_uring_prep_poll_add(s, fd_, POLLOUT);
+      io_uring_sqe_set_data(s, static_cast<Reactor::Op*>(&writable_op_));
+      send_pending_ = true;
+      return false;
+    }
+    fail(fmt::format("zero-copy send: {}", n == 0 ? "socket took nothing" : strerror(errno)));
+    return false;
+  }
+  out_.pop_front();
+  return true;
+}
+
+void Connection::on_writable(int res) {
+  send_pending_ = false;
+  if (res < 0 && res != -EINTR) return fail(fmt::format("poll for room to send: {}", strerror(-res)));
+  after_output();
+}
+
+// Output made progress: send what is queued, and resume what waited for it.
+void Connection::after_output() {
   flush_output();
   // The STARTTLS acknowledgement has left: run_deferred() switches to TLS.
   if (tls_pending_ && out_.empty() && !send_pending_) reactor_.defer(*this);

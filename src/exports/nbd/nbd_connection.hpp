@@ -55,6 +55,14 @@ class Connection final : public Reactor::Deferred {
    private:
     Connection& c_;
   };
+  class WritableOp final : public Reactor::Op {
+   public:
+    explicit WritableOp(Connection& c) : c_(c) {}
+    void complete(int res, uint32_t) override { c_.on_writable(res); }
+
+   private:
+    Connection& c_;
+  };
 
   Connection(Reactor& r, int fd, std::shared_ptr<const Catalog> catalog, ConnectionSet& set);
   ~Connection();
@@ -75,6 +83,8 @@ class Connection final : public Reactor::Deferred {
   Request* new_request(const RequestHeader& h);
   void free_request(Request* r);
   void start_read(Request* r);
+  bool splice_read(Request* r);
+  bool open_pipe();
   void start_write(Request* r);
   void start_trim(Request* r);
   void start_zeroes(Request* r);
@@ -97,7 +107,10 @@ class Connection final : public Reactor::Deferred {
   Out& push_out();
   void finish_request(Request* r, bool failed);
   void flush_output();
+  bool splice_out();
   void on_sent(int res);
+  void on_writable(int res);
+  void after_output();
 
   // ---- lifetime ----
   void fail(std::string_view why);
@@ -128,6 +141,13 @@ class Connection final : public Reactor::Deferred {
   uint64_t payload_done_ = 0;
   uint64_t discard_left_ = 0;
   bool direct_recv_ = false;  // recv_pending_ targets payload_req_'s buffer
+
+  // Zero-copy reads (splice_read): the device's in-memory file, and the pipe
+  // its pages pass through, by reference, on their way to the socket.
+  int splice_src_ = -1;
+  int pipe_r_ = -1, pipe_w_ = -1;
+  uint64_t pipe_bytes_ = 0;  // its capacity
+  WritableOp writable_op_{*this};
 
   std::deque<Out> out_;
   std::vector<iovec> iov_;
