@@ -891,9 +891,10 @@ void Connection::flush_output() {
     if (ct.empty()) return;
     iov_.assign(1, iovec{ct.data(), ct.size()});
   } else {
-    // Spliced data leaves from the pipe once its header is out; the replies
+    // A zero-copy read reply goes out by itself, header and data, with
+    // plain non-blocking calls (no trip through the ring); the replies
     // after it wait for it.
-    while (!out_.empty() && out_.front().spliced && out_.front().sent == out_.front().size()) {
+    while (!out_.empty() && out_.front().spliced) {
       if (!splice_out()) return;
     }
     if (out_.empty()) return;
@@ -909,10 +910,10 @@ void Connection::flush_output() {
         iov_.push_back({const_cast<uint8_t*>(static_cast<const uint8_t*>(p)) + skip, len - skip});
         skip = 0;
       };
+      if (o.spliced) break;
       if (o.hdr_len) add(o.hdr, o.hdr_len);
       if (o.data_len) add(o.data, o.data_len);
       if (!o.owned.empty()) add(o.owned.data(), o.owned.size());
-      if (o.spliced) break;
     }
   }
   msg_ = {};
@@ -946,8 +947,6 @@ void Connection::on_sent(int res) {
         break;
       }
       n -= left;
-      o.sent += left;
-      if (o.spliced) break;  // its data is still in the pipe
       if (o.release) free_request(o.release);
       out_.pop_front();
     }
@@ -955,12 +954,22 @@ void Connection::on_sent(int res) {
   after_output();
 }
 
-// The data of the zero-copy read at the head, file -> pipe -> socket, a
-// pipeful at a time. True when it is all out (the reply is done); false
-// when the socket is full (a poll for room is armed) or the connection
-// failed.
+// The zero-copy read reply at the head: its header, then its data, file ->
+// pipe -> socket, a pipeful at a time. True when it is all out; false when
+// the socket is full (a poll for room is armed) or the connection failed.
 bool Connection::splice_out() {
   Out& o = out_.front();
+  while (o.sent < o.hdr_len) {
+    ssize_t n = ::send(fd_, o.hdr + o.sent, o.hdr_len - o.sent, MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE);
+    if (n > 0) {
+      o.sent += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return wait_writable();
+    fail(fmt::format("send: {}", n == 0 ? "socket took nothing" : strerror(errno)));
+    return false;
+  }
   while (o.spliced) {
     if (o.in_pipe == 0) {
       auto off = static_cast<loff_t>(o.file_off);
@@ -986,18 +995,20 @@ bool Connection::splice_out() {
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) {
-      io_uring_sqe* s = reactor_.sqe();
-      io_uring_prep_poll_add(s, fd_, POLLOUT);
-      io_uring_sqe_set_data(s, static_cast<Reactor::Op*>(&writable_op_));
-      send_pending_ = true;
-      return false;
-    }
+    if (n < 0 && errno == EAGAIN) return wait_writable();
     fail(fmt::format("zero-copy send: {}", n == 0 ? "socket took nothing" : strerror(errno)));
     return false;
   }
   out_.pop_front();
   return true;
+}
+
+bool Connection::wait_writable() {
+  io_uring_sqe* s = reactor_.sqe();
+  io_uring_prep_poll_add(s, fd_, POLLOUT);
+  io_uring_sqe_set_data(s, static_cast<Reactor::Op*>(&writable_op_));
+  send_pending_ = true;
+  return false;
 }
 
 void Connection::on_writable(int res) {

@@ -108,6 +108,7 @@ class Connection final : public Reactor::Deferred {
   void finish_request(Request* r, bool failed);
   void flush_output();
   bool splice_out();
+  bool wait_writable();
   void on_sent(int res);
   void on_writable(int res);
   void after_output();
