@@ -24,16 +24,9 @@ nbdsh -n -c - <"$(dirname "$0")/nbd_commands.py" || fail "nbd_commands.py failed
 # write-zeroes makes it ask again, never answer from stale memory.
 step "allocation queries are remembered, and forgotten when holes may appear"
 layout_queries() { ctl_ok "$CTL" '{"cmd":"stats","id":"rw"}' | jq '.exports[0].stats.layout_queries'; }
-nbdsh -u "nbd+unix:///rw?socket=$NBD_SOCK" -c '
-import os
-MiB = 1 << 20
-A = 100 * MiB
-h.zero(10 * MiB, A)
-h.pwrite(os.urandom(8 * MiB), A)
-h.flush()
-' || fail "preparing the data area"
-q0=$(layout_queries)
-nbdsh -n -c '
+# nbdsh prelude: a connection to "rw" with base:allocation, and a collector
+# of BLOCK_STATUS extents in `seen`; the data area is at A.
+BS_PRELUDE='
 import os
 h = nbd.NBD()
 h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -44,6 +37,17 @@ seen = []
 def on_extents(ctx, offset, entries, err):
     seen.append(list(entries))
     return 0
+'
+nbdsh -u "nbd+unix:///rw?socket=$NBD_SOCK" -c '
+import os
+MiB = 1 << 20
+A = 100 * MiB
+h.zero(10 * MiB, A)
+h.pwrite(os.urandom(8 * MiB), A)
+h.flush()
+' || fail "preparing the data area"
+q0=$(layout_queries)
+nbdsh -n -c "$BS_PRELUDE"'
 for i in range(200):
     seen.clear()
     off = A + i * 40960
@@ -56,17 +60,7 @@ for i in range(100):
 ' || fail "block status and reads in the data area"
 q1=$(layout_queries)
 ((q1 - q0 >= 1 && q1 - q0 <= 2)) || fail "200 block status queries and 100 reads in one data extent made $((q1 - q0)) allocation queries (want 1-2)"
-nbdsh -n -c '
-import os
-h = nbd.NBD()
-h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-h.connect_uri("nbd+unix:///rw?socket=" + os.environ["NBD_SOCK"])
-MiB = 1 << 20
-A = 100 * MiB
-seen = []
-def on_extents(ctx, offset, entries, err):
-    seen.append(list(entries))
-    return 0
+nbdsh -n -c "$BS_PRELUDE"'
 # Learn the extent on this connection (its reactor), then punch a hole in it.
 h.block_status(4096, A + 4 * MiB, on_extents, nbd.CMD_FLAG_REQ_ONE)
 assert seen == [[4096, 0]], "before write-zeroes: %r" % seen

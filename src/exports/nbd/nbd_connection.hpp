@@ -39,26 +39,12 @@ class Connection final : public Reactor::Deferred {
  private:
   struct Request;
   struct Out;
-  class RecvOp final : public Reactor::Op {
+  // A ring operation of this connection: its completion calls one member.
+  template <void (Connection::*Done)(int)>
+  class MemberOp final : public Reactor::Op {
    public:
-    explicit RecvOp(Connection& c) : c_(c) {}
-    void complete(int res, uint32_t) override { c_.on_recv(res); }
-
-   private:
-    Connection& c_;
-  };
-  class SendOp final : public Reactor::Op {
-   public:
-    explicit SendOp(Connection& c) : c_(c) {}
-    void complete(int res, uint32_t) override { c_.on_sent(res); }
-
-   private:
-    Connection& c_;
-  };
-  class WritableOp final : public Reactor::Op {
-   public:
-    explicit WritableOp(Connection& c) : c_(c) {}
-    void complete(int res, uint32_t) override { c_.on_writable(res); }
+    explicit MemberOp(Connection& c) : c_(c) {}
+    void complete(int res, uint32_t) override { (c_.*Done)(res); }
 
    private:
     Connection& c_;
@@ -135,7 +121,7 @@ class Connection final : public Reactor::Deferred {
   std::unique_ptr<uint8_t[]> in_;
   size_t in_cap_ = 0, rpos_ = 0, wpos_ = 0;
   std::unique_ptr<uint8_t[]> raw_;  // TLS: ciphertext lands here first
-  RecvOp recv_op_{*this};
+  MemberOp<&Connection::on_recv> recv_op_{*this};
   bool recv_pending_ = false;
   // A write waiting for the rest of its payload, or payload to throw away.
   Request* payload_req_ = nullptr;
@@ -148,12 +134,12 @@ class Connection final : public Reactor::Deferred {
   int splice_src_ = -1;
   int pipe_r_ = -1, pipe_w_ = -1;
   uint64_t pipe_bytes_ = 0;  // its capacity
-  WritableOp writable_op_{*this};
+  MemberOp<&Connection::on_writable> writable_op_{*this};
 
   std::deque<Out> out_;
   std::vector<iovec> iov_;
   msghdr msg_{};
-  SendOp send_op_{*this};
+  MemberOp<&Connection::on_sent> send_op_{*this};
   bool send_pending_ = false;
   uint64_t tls_sent_ = 0;  // ciphertext bytes of the send in flight
 
