@@ -174,7 +174,9 @@ TEST(NbdDriver, BlockingCallerMakesNoProbeCalls) {
   q.read(0, buf.p, 4096, nullptr, 0);
   int got = q.do_io(&c, 0, 1, nullptr);
   EXPECT_GT(q.driver_queue().stats().probe_calls - mid, 0u);
-  if (got == 0) ASSERT_EQ(q.do_io(&c, 1, 1, nullptr), 1);
+  if (got == 0) {
+    ASSERT_EQ(q.do_io(&c, 1, 1, nullptr), 1);
+  }
   EXPECT_EQ(c.ret, 0);
 }
 
