@@ -264,6 +264,22 @@ TEST_P(IoUringFile, MoreRequestsThanRingEntries) {
   }
 }
 
+// memory_file(): only a file in memory opened without O_DIRECT, and its
+// bytes are the device's (an export splices replies straight from it).
+TEST_P(IoUringFile, MemoryFileOnlyForFilesInMemory) {
+  const bool in_memory = std::string(GetParam().dir) == "/dev/shm" && !GetParam().direct;
+  const int fd = dev_->memory_file();
+  ASSERT_EQ(fd >= 0, in_memory);
+  if (!in_memory) return;
+  const std::string blob = blkstack::test::pattern(8192, 7);
+  std::memcpy(buf_, blob.data(), blob.size());
+  q_->write(12288, buf_, blob.size(), nullptr, 0);
+  ASSERT_EQ(wait_one(*q_).ret, 0);
+  std::string got(blob.size(), '\0');
+  ASSERT_EQ(::pread(fd, got.data(), got.size(), 12288), static_cast<ssize_t>(got.size()));
+  EXPECT_EQ(got, blob);
+}
+
 INSTANTIATE_TEST_SUITE_P(Files, IoUringFile,
                          ::testing::Values(Case{"/dev/shm", false}, Case{"/dev/shm", false, true},
                                            Case{"/var/tmp", false}, Case{"/var/tmp", true},
