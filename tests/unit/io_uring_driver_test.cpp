@@ -7,6 +7,8 @@
 #include <linux/loop.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -660,4 +662,63 @@ TEST_F(LoopDevice, BlockDeviceLimitsAndIo) {
     EXPECT_EQ(wait_one(q).ret, 0);
   }
   free(buf);
+}
+
+// Large requests on a file in memory go to io-wq workers (io_uring cannot do
+// them in the submitting thread). A memory copy never sleeps, and io-wq only
+// starts another worker when none is running or the request asks for it
+// (IOSQE_ASYNC): without the flag, every such request of a ring is copied by
+// one worker, one after another. io-wq names its workers iou-wrk-<tid of the
+// submitting thread>, so a fresh thread counts only its own.
+TEST(IoUringWorkers, LargeRequestsOnMemoryFilesRunOnSeveralWorkers) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "one CPU: io-wq runs one worker at a time anyway";
+  constexpr uint64_t kChunk = 1 << 20;
+  constexpr int kDepth = 8, kRequests = 128;
+  TempFile file(kChunk * kDepth * 4, "/dev/shm");
+  {
+    // Data, not holes: each read is a real copy, long enough to overlap.
+    const std::string blob = blkstack::test::pattern(kChunk * kDepth * 4, 3);
+    int fd = ::open(file.path().c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, blob.data(), blob.size(), 0), static_cast<ssize_t>(blob.size()));
+    ::close(fd);
+  }
+  auto dev = open_device("io_uring", {{"path", file.path()}});
+  ASSERT_TRUE(dev);
+  void* mem = mmap(nullptr, kChunk * kDepth, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  int workers = 0, done = 0;
+  // A steady depth of 8, as an export keeps it: requests arrive while the
+  // first worker is busy copying.
+  std::thread t([&] {
+    Queue* q = dev->queue(0);
+    int issued = 0;
+    auto issue = [&](uintptr_t slot) {
+      q->read(kChunk * static_cast<uint64_t>(issued++ % (kDepth * 4)), static_cast<char*>(mem) + kChunk * slot, kChunk,
+              reinterpret_cast<void*>(slot), 0);
+    };
+    for (uintptr_t i = 0; i < kDepth; i++) issue(i);
+    Completion c[kDepth];
+    while (done < kRequests) {
+      int n = q->do_io(c, 1, kDepth, nullptr);
+      if (n <= 0) break;
+      for (int i = 0; i < n; i++) {
+        EXPECT_EQ(c[i].ret, 0);
+        if (issued < kRequests) issue(reinterpret_cast<uintptr_t>(c[i].user_data));
+      }
+      done += n;
+    }
+    // Idle workers live on for seconds: count them now.
+    const std::string mine = "iou-wrk-" + std::to_string(gettid());
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(e.path() / "comm");
+      std::string name;
+      std::getline(comm, name);
+      workers += name == mine;
+    }
+  });
+  t.join();
+  munmap(mem, kChunk * kDepth);
+  EXPECT_EQ(done, kRequests);
+  EXPECT_GE(workers, 2) << "the reads were copied by " << workers << " io-wq worker(s)";
 }

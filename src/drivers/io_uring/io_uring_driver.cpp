@@ -43,11 +43,16 @@ bool file_in_memory(int fd) {
   return sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC;
 }
 
-uint32_t inline_io_max(int fd) {
-  if (!file_in_memory(fd)) return 0;
+// A file in memory that io_uring reads and writes only from worker threads.
+bool worker_only_file(int fd) {
+  if (!file_in_memory(fd)) return false;
   char byte;
   struct iovec iov {&byte, 1};
-  if (::preadv2(fd, &iov, 1, 0, RWF_NOWAIT) >= 0 || errno != EOPNOTSUPP) return 0;
+  return ::preadv2(fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
+}
+
+uint32_t inline_io_max(int fd) {
+  if (!worker_only_file(fd)) return 0;
   uint64_t limit = kDefaultInlineMax;
   if (const char* env = std::getenv("BLKSTACK_IO_URING_INLINE_MAX")) {
     char* end = nullptr;
@@ -198,6 +203,7 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
   target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw), single_issuer_};
+  target_.worker_only = !is_block && worker_only_file(raw);
   in_memory_ = !is_block && !direct && file_in_memory(raw);
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);

@@ -26,6 +26,13 @@ struct IoUringTarget {
   // The single-issuer property: each queue's ring is bound to the first
   // thread that drives it (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN).
   bool single_issuer = false;
+  // Every read and write of this file goes to an io-wq worker (a file in
+  // memory whose io_uring cannot do it in the submitting thread; see
+  // inline_io_max()). They are marked IOSQE_ASYNC: io-wq starts another
+  // worker for a request only when no worker runs or the request asks for
+  // it, and a memory copy never sleeps, so without the flag every request
+  // of the ring is copied by one worker, one after the other.
+  bool worker_only = false;
 };
 
 // How many mapped regions get an io_uring fixed-buffer slot; regions beyond

@@ -51,6 +51,7 @@ Status IoUringQueue::init(unsigned entries) {
     sqe_fd_ = 0;
     sqe_flags_ = IOSQE_FIXED_FILE;
   }
+  data_flags_ = sqe_flags_ | (target_.worker_only ? IOSQE_ASYNC : 0);
   fixed_buffers_ = io_uring_register_buffers_sparse(ring, kMaxFixedBuffers) == 0;
   registered_.assign(kMaxFixedBuffers, 0);
 
@@ -229,7 +230,7 @@ void IoUringQueue::enqueue_ring(RwTag tag, uint64_t offset, void* buf, uint64_t 
     stats_.plain_ops++;
     opcode = static_cast<uint8_t>(IORING_OP_READ + write);
   }
-  fill_rw(&sq.sqes[tail & sq_mask_], opcode, sqe_flags_, sqe_fd_, buf, static_cast<uint32_t>(len), offset,
+  fill_rw(&sq.sqes[tail & sq_mask_], opcode, data_flags_, sqe_fd_, buf, static_cast<uint32_t>(len), offset,
           (tag.flags() & kReqFua) << 1, buf_index, tag.slot());
 }
 
@@ -265,12 +266,12 @@ void IoUringQueue::issue_data(uint32_t slot, Tracked& t) {
   io_uring_sqe* s = sqe();
   if (fixed >= 0) {
     stats_.fixed_buffer_ops++;
-    fill_rw(s, write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe_flags_, sqe_fd_,
+    fill_rw(s, write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, data_flags_, sqe_fd_,
             static_cast<char*>(r.buf) + t.done, len, r.offset + t.done, (r.flags & kReqFua) << 1,
             static_cast<uint16_t>(fixed), kTracked | slot);
   } else {
     stats_.plain_ops++;
-    fill_rw(s, write ? IORING_OP_WRITE : IORING_OP_READ, sqe_flags_, sqe_fd_, static_cast<char*>(r.buf) + t.done, len,
+    fill_rw(s, write ? IORING_OP_WRITE : IORING_OP_READ, data_flags_, sqe_fd_, static_cast<char*>(r.buf) + t.done, len,
             r.offset + t.done, (r.flags & kReqFua) << 1, 0, kTracked | slot);
   }
 }
@@ -313,7 +314,7 @@ void IoUringQueue::enqueue(uint32_t slot, const Request& req) {
         io_uring_prep_readv(s, sqe_fd_, req.iov, static_cast<unsigned>(req.iovcnt), req.offset);
       }
       if (req.flags & kReqFua) s->rw_flags = RWF_DSYNC;
-      s->flags = sqe_flags_;
+      s->flags = data_flags_;
       s->user_data = kTracked | slot;
       return;
     case Op::kFlush:

@@ -114,6 +114,7 @@ class IoUringQueue final : public DriverQueue {
   UniqueFd event_fd_;
   int sqe_fd_ = -1;  // fixed-file index 0, or the raw fd
   uint8_t sqe_flags_ = 0;
+  uint8_t data_flags_ = 0;  // reads and writes: sqe_flags_, plus IOSQE_ASYNC on worker-only files
   bool fixed_buffers_ = false;
   // Created disabled (single-issuer): enabled by the first thread that
   // enters the kernel through it, which the ring is then bound to.
