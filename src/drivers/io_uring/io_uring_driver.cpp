@@ -27,32 +27,31 @@ namespace {
 // parallelism is worth their hand-off.
 constexpr uint32_t kDefaultInlineMax = 64 * 1024;
 
-// Files that live in memory (tmpfs, shmem and memfd, ramfs) are read and
-// written by a memory copy that never waits for a device. io_uring does a
-// read or write in the submitting thread only for files that promise not to
-// block (FMODE_NOWAIT); where the kernel makes no such promise for these
-// files (RWF_NOWAIT fails with EOPNOTSUPP: checked on Linux 6.12 and 6.18) it
-// hands every request to an io-wq worker thread, which costs a wakeup and
-// two context switches around a copy of a microsecond or so. For those we
-// do the copy ourselves. Kernels that can do it inline keep the ring.
-// BLKSTACK_IO_URING_INLINE_MAX (bytes; 0: never) overrides the size limit,
-// for measurements.
+// Does the file live in memory (tmpfs, shmem and memfd, ramfs)?
 bool file_in_memory(int fd) {
   struct statfs sf {};
   if (::fstatfs(fd, &sf) != 0) return false;
   return sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC;
 }
 
-// A file in memory that io_uring reads and writes only from worker threads.
-bool worker_only_file(int fd) {
-  if (!file_in_memory(fd)) return false;
+// Files in memory are read and written by a memory copy that never waits
+// for a device. io_uring does a read or write in the submitting thread only
+// for files that promise not to block (FMODE_NOWAIT); where the kernel makes
+// no such promise for these files (RWF_NOWAIT fails with EOPNOTSUPP: checked
+// on Linux 6.12 and 6.18) it hands every request to an io-wq worker thread,
+// which costs a wakeup and two context switches around a copy of a
+// microsecond or so. For those we do small copies ourselves (inline_max),
+// and mark the rest IOSQE_ASYNC (worker_only). Kernels that can do it inline
+// keep the ring.
+bool io_uring_needs_worker(int fd_in_memory) {
   char byte;
   struct iovec iov {&byte, 1};
-  return ::preadv2(fd, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
+  return ::preadv2(fd_in_memory, &iov, 1, 0, RWF_NOWAIT) < 0 && errno == EOPNOTSUPP;
 }
 
-uint32_t inline_io_max(int fd) {
-  if (!worker_only_file(fd)) return 0;
+// The inline size limit; BLKSTACK_IO_URING_INLINE_MAX (bytes; 0: never)
+// overrides it, for measurements.
+uint32_t inline_io_limit() {
   uint64_t limit = kDefaultInlineMax;
   if (const char* env = std::getenv("BLKSTACK_IO_URING_INLINE_MAX")) {
     char* end = nullptr;
@@ -202,9 +201,11 @@ Status IoUringDriver::connect(bool& read_only, DeviceInfo& info) {
   }
   i.mem_region_alignment = static_cast<uint64_t>(i.buf_alignment);
 
-  target_ = IoUringTarget{raw, is_block, direct, !is_block, is_block ? 0 : inline_io_max(raw), single_issuer_};
-  target_.worker_only = !is_block && worker_only_file(raw);
-  in_memory_ = !is_block && !direct && file_in_memory(raw);
+  const bool in_memory = !is_block && file_in_memory(raw);
+  const bool worker_only = in_memory && io_uring_needs_worker(raw);
+  target_ = IoUringTarget{raw, is_block, direct, !is_block, worker_only ? inline_io_limit() : 0, single_issuer_};
+  target_.worker_only = worker_only;
+  in_memory_ = in_memory && !direct;
   if (!is_block) i.supports_discard = ro || probe_punch_hole(i.capacity);
   i.supports_poll_queues = direct && probe_iopoll(i);
 

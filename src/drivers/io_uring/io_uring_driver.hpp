@@ -21,14 +21,14 @@ struct IoUringTarget {
   // Reads and writes of at most this many bytes are done by the thread that
   // calls do_io(), with pread/pwrite, instead of through the ring; 0: none.
   // Only for files in memory (tmpfs, shmem, ramfs) on kernels whose io_uring
-  // cannot read them without a worker thread, see inline_io_max().
+  // cannot read them without a worker thread, see io_uring_needs_worker().
   uint32_t inline_max = 0;
   // The single-issuer property: each queue's ring is bound to the first
   // thread that drives it (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN).
   bool single_issuer = false;
   // Every read and write of this file goes to an io-wq worker (a file in
   // memory whose io_uring cannot do it in the submitting thread; see
-  // inline_io_max()). They are marked IOSQE_ASYNC: io-wq starts another
+  // io_uring_needs_worker()). They are marked IOSQE_ASYNC: io-wq starts another
   // worker for a request only when no worker runs or the request asks for
   // it, and a memory copy never sleeps, so without the flag every request
   // of the ring is copied by one worker, one after the other.

@@ -91,8 +91,6 @@ Connection::~Connection() {
   }
   if (payload_req_) free_request(payload_req_);
   if (stats_) StatsShard::add(stats_->connections, static_cast<uint64_t>(-1));
-  if (pipe_r_ >= 0) ::close(pipe_r_);
-  if (pipe_w_ >= 0) ::close(pipe_w_);
   ::close(fd_);
 }
 
@@ -470,25 +468,29 @@ void Connection::free_request(Request* r) {
   if (blocked_) reactor_.defer(*this);
 }
 
+// Whether the reply to read h may have to send holes as holes: structured
+// replies, no DF, a large read of a device that can tell, and not all data
+// by an earlier answer (under holes generation holes_gen).
+bool Connection::may_report_holes(const RequestHeader& h, uint64_t holes_gen) const {
+  return neg_.structured_replies && !(h.flags & kCmdFlagDf) && h.length >= kHoleAwareReadMin &&
+         export_->reports_holes() && lane_->known_data.data_from(h.offset, holes_gen) < h.length;
+}
+
 void Connection::start_read(Request* r) {
   const RequestHeader& h = r->h;
-  if (neg_.structured_replies && !(h.flags & kCmdFlagDf) && h.length >= kHoleAwareReadMin &&
-      export_->reports_holes()) {
+  const uint64_t gen = export_->device().holes_generation();
+  if (may_report_holes(h, gen)) {
     // Learn the layout, so holes can be sent as holes: allocation queries
     // on the lane's queue, next to the read (not before it: for a network
     // device each is a round trip). The reply goes out once both are done.
-    const uint64_t gen = export_->device().holes_generation();
-    // All data by an earlier answer: nothing to learn.
-    if (lane_->known_data.data_from(h.offset, gen) < h.length) {
-      r->scan = h.offset;
-      r->scan_end = h.offset + h.length;
-      r->holes_gen = gen;
-      r->pending++;
-      // The first query asks up to the end of the device (the kernel scans
-      // as far as the next hole whatever length is asked): a data extent
-      // found is remembered for the requests that follow.
-      ask_layout(r, export_->device().device().info().capacity - h.offset);
-    }
+    r->scan = h.offset;
+    r->scan_end = h.offset + h.length;
+    r->holes_gen = gen;
+    r->pending++;
+    // The first query asks up to the end of the device (the kernel scans
+    // as far as the next hole whatever length is asked): a data extent
+    // found is remembered for the requests that follow.
+    ask_layout(r, export_->device().device().info().capacity - h.offset);
   }
   r->pending++;
   lane_->io.queue().read(h.offset, r->buf.data, h.length, r, 0);
@@ -509,22 +511,13 @@ void Connection::start_read(Request* r) {
 // leaves their order open.
 bool Connection::splice_read(Request* r) {
   const RequestHeader& h = r->h;
-  if (neg_.structured_replies && !(h.flags & kCmdFlagDf) && h.length >= kHoleAwareReadMin &&
-      export_->reports_holes() &&
-      lane_->known_data.data_from(h.offset, export_->device().holes_generation()) < h.length) {
-    return false;
-  }
-  if (pipe_r_ < 0 && !open_pipe()) {
+  if (may_report_holes(h, export_->device().holes_generation())) return false;
+  if (!pipe_r_.valid() && !open_pipe()) {
     splice_src_ = -1;
     return false;
   }
   Out& o = push_out();
-  if (neg_.structured_replies) {
-    o.hdr_len = static_cast<uint8_t>(encode_offset_data(o.hdr, {h.cookie, h.offset, neg_.extended_headers},
-                                                        kReplyFlagDone, h.offset, h.length));
-  } else {
-    o.hdr_len = static_cast<uint8_t>(encode_simple_reply(o.hdr, h.cookie, 0));
-  }
+  read_header(o, h);
   o.spliced = h.length;
   o.file_off = h.offset;
   StatsShard::add(stats_->spliced_reads, 1);
@@ -540,17 +533,13 @@ bool Connection::splice_read(Request* r) {
 bool Connection::open_pipe() {
   int p[2];
   if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) return false;
-  pipe_r_ = p[0];
-  pipe_w_ = p[1];
-  int size = ::fcntl(pipe_w_, F_SETPIPE_SZ, kPipeBytes);
-  if (size < 0) size = ::fcntl(pipe_w_, F_GETPIPE_SZ);
+  UniqueFd r(p[0]), w(p[1]);
+  int size = ::fcntl(w.get(), F_SETPIPE_SZ, kPipeBytes);
+  if (size < 0) size = ::fcntl(w.get(), F_GETPIPE_SZ);
   const int fl = ::fcntl(fd_, F_GETFL);
-  if (size <= 0 || fl < 0 || ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK) != 0) {
-    ::close(pipe_r_);
-    ::close(pipe_w_);
-    pipe_r_ = pipe_w_ = -1;
-    return false;
-  }
+  if (size <= 0 || fl < 0 || ::fcntl(fd_, F_SETFL, fl | O_NONBLOCK) != 0) return false;
+  pipe_r_ = std::move(r);
+  pipe_w_ = std::move(w);
   pipe_bytes_ = static_cast<uint64_t>(size);
   return true;
 }
@@ -791,19 +780,24 @@ void Connection::reply_error(Request* r, uint32_t nbd_error, std::string_view me
   finish_request(r, true);
 }
 
+// The header of a read reply whose data follows in one piece: a simple
+// reply, or one OFFSET_DATA chunk that ends the reply.
+void Connection::read_header(Out& o, const RequestHeader& h) const {
+  if (neg_.structured_replies) {
+    o.hdr_len = static_cast<uint8_t>(encode_offset_data(o.hdr, {h.cookie, h.offset, neg_.extended_headers},
+                                                        kReplyFlagDone, h.offset, h.length));
+  } else {
+    o.hdr_len = static_cast<uint8_t>(encode_simple_reply(o.hdr, h.cookie, 0));
+  }
+}
+
 void Connection::reply_read(Request* r) {
   const RequestHeader& h = r->h;
   const auto* data = reinterpret_cast<const uint8_t*>(r->buf.data);
   ReplyTo to{h.cookie, h.offset, neg_.extended_headers};
-  if (!neg_.structured_replies) {
+  if (r->extents.empty()) {
     Out& o = push_out();
-    o.hdr_len = static_cast<uint8_t>(encode_simple_reply(o.hdr, h.cookie, 0));
-    o.data = data;
-    o.data_len = h.length;
-    o.release = r;
-  } else if (r->extents.empty()) {
-    Out& o = push_out();
-    o.hdr_len = static_cast<uint8_t>(encode_offset_data(o.hdr, to, kReplyFlagDone, h.offset, h.length));
+    read_header(o, h);
     o.data = data;
     o.data_len = h.length;
     o.release = r;
@@ -973,12 +967,12 @@ bool Connection::splice_out() {
   while (o.spliced) {
     if (o.in_pipe == 0) {
       auto off = static_cast<loff_t>(o.file_off);
-      ssize_t n = ::splice(splice_src_, &off, pipe_w_, nullptr, std::min(o.spliced, pipe_bytes_), SPLICE_F_NONBLOCK);
+      ssize_t n = ::splice(splice_src_, &off, pipe_w_.get(), nullptr, std::min(o.spliced, pipe_bytes_), SPLICE_F_NONBLOCK);
       if (n == 0) {
         // The file ends early (shrunk under us): zeroes, as a read past the
         // end gives.
         static const uint8_t kZeroes[kPage] = {};
-        n = ::write(pipe_w_, kZeroes, std::min<uint64_t>(kPage, o.spliced));
+        n = ::write(pipe_w_.get(), kZeroes, std::min<uint64_t>(kPage, o.spliced));
       }
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
@@ -988,7 +982,7 @@ bool Connection::splice_out() {
       o.file_off += static_cast<uint64_t>(n);
       o.in_pipe = static_cast<uint64_t>(n);
     }
-    ssize_t n = ::splice(pipe_r_, nullptr, fd_, nullptr, o.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+    ssize_t n = ::splice(pipe_r_.get(), nullptr, fd_, nullptr, o.in_pipe, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
     if (n > 0) {
       o.in_pipe -= static_cast<uint64_t>(n);
       o.spliced -= static_cast<uint64_t>(n);

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/fd.hpp"
 #include "daemon/buffer_pool.hpp"
 #include "daemon/io_queue.hpp"
 #include "daemon/reactor.hpp"
@@ -69,6 +70,8 @@ class Connection final : public Reactor::Deferred {
   Request* new_request(const RequestHeader& h);
   void free_request(Request* r);
   void start_read(Request* r);
+  bool may_report_holes(const RequestHeader& h, uint64_t holes_gen) const;
+  void read_header(Out& o, const RequestHeader& h) const;
   bool splice_read(Request* r);
   bool open_pipe();
   void start_write(Request* r);
@@ -132,7 +135,7 @@ class Connection final : public Reactor::Deferred {
   // Zero-copy reads (splice_read): the device's in-memory file, and the pipe
   // its pages pass through, by reference, on their way to the socket.
   int splice_src_ = -1;
-  int pipe_r_ = -1, pipe_w_ = -1;
+  UniqueFd pipe_r_, pipe_w_;
   uint64_t pipe_bytes_ = 0;  // its capacity
   MemberOp<&Connection::on_writable> writable_op_{*this};
 
