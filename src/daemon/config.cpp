@@ -63,6 +63,8 @@ Status apply_config(const nlohmann::json& j, DaemonConfig& c) {
       c.log_level = v.get<std::string>();
     } else if (k == "pool-size" && v.is_number_unsigned()) {
       c.pool_bytes = v.get<uint64_t>();
+    } else if (k == "drain-timeout" && v.is_number() && v.get<double>() >= 0) {
+      c.drain_timeout_s = v.get<double>();
     } else if (k == "tls" && v.is_object()) {
       for (auto t = v.begin(); t != v.end(); ++t) {
         if (t.key() == "verify-peer" && t->is_boolean()) {

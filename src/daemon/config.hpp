@@ -22,6 +22,10 @@ struct DaemonConfig {
   std::string log_file;   // empty: stderr
   std::string log_level = "info";
   uint64_t pool_bytes = 64ull << 20;  // I/O buffers per device per reactor
+  // How long removing an NBD export (or SIGTERM) lets its connections send
+  // their last replies before it cuts them off: a client that stops reading
+  // must not hold the control socket or the shutdown forever.
+  double drain_timeout_s = 5.0;
 };
 
 // Reads a TOML (.toml) or JSON (.json) file into `config` (appending devices

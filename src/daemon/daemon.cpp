@@ -236,7 +236,12 @@ void Daemon::close_connections(const std::function<bool(const nbd::Connection&)>
     nbd::ConnectionSet* set = nbd_connections_[i].get();
     reactors_[i]->post([set, pred] { set->shutdown_if(pred); });
   }
-  // Connections finish what is in flight; give them time, then wait on.
+  // Connections finish what is in flight and send their last replies; one
+  // whose client does not read them is cut off after the drain timeout.
+  const auto grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(config_.drain_timeout_s));
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  bool cut = false;
   for (;;) {
     size_t left = 0;
     for (size_t i = 0; i < reactors_.size(); i++) {
@@ -244,6 +249,15 @@ void Daemon::close_connections(const std::function<bool(const nbd::Connection&)>
       run_on(*reactors_[i], [&] { left += set->count_if(pred); });
     }
     if (left == 0) return;
+    if (!cut && std::chrono::steady_clock::now() >= deadline) {
+      cut = true;
+      spdlog::warn("daemon: {} NBD connection(s) still sending after {} s; closing them", left,
+                   config_.drain_timeout_s);
+      for (size_t i = 0; i < reactors_.size(); i++) {
+        nbd::ConnectionSet* set = nbd_connections_[i].get();
+        reactors_[i]->post([set, pred] { set->fail_if(pred, "closed: replies not taken within the drain timeout"); });
+      }
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }

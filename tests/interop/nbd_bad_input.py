@@ -8,6 +8,7 @@ environment:
   NBD_FILE        the file behind "rw"; NBD_SIZE its size
   NBD_CTL         the daemon's control socket; NBD_PID its pid
   NBD_MAX_BLOCK   the largest request the daemon advertises (small pool)
+  NBD_DRAIN_TIMEOUT  the daemon's --drain-timeout, seconds
 
 Every case must get the protocol's answer (an error reply, or a clean
 disconnect), never a crash; after each one the daemon must still be alive
@@ -31,6 +32,7 @@ SIZE = int(os.environ["NBD_SIZE"])
 CTL = os.environ["NBD_CTL"]
 PID = int(os.environ["NBD_PID"])
 MAXB = int(os.environ["NBD_MAX_BLOCK"])
+DRAIN = float(os.environ["NBD_DRAIN_TIMEOUT"])
 KiB, MiB = 1024, 1 << 20
 
 NBDMAGIC = 0x4E42444D41474943
@@ -748,6 +750,40 @@ def _():
         c.disc()
         c.close()
     check(spliced() > before, "no read took the zero-copy path (stats spliced_reads did not move)")
+
+
+@case("control: remove-export while its clients never read their replies returns after the drain timeout")
+def _():
+    # One client fills its socket with zero-copy (spliced) 1 MiB replies,
+    # another with ordinary 4 KiB ones; neither reads. Removing the export
+    # lets them send for the drain timeout, then cuts them off: the control
+    # socket answers, the clients see the connection end, the rest serves on.
+    r = ctl({"cmd": "add-export", "spec": "nbd,blockdev=disk0,name=stuck,id=stuck,socket=%s" % SOCK})
+    check(r.get("ok"), "add-export: %r" % r)
+    stuck = []
+    for size, count in ((MiB, 200), (4 * KiB, 3000)):
+        c = Client().go("stuck")
+        c.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        for cookie in range(count):
+            c.request(CMD_READ, (cookie * size) % (48 * MiB), size, cookie=cookie)
+        stuck.append(c)
+    time.sleep(0.5)
+    t = time.monotonic()
+    r = ctl({"cmd": "remove-export", "id": "stuck"})
+    took = time.monotonic() - t
+    check(r.get("ok"), "remove-export: %r" % r)
+    check(DRAIN - 0.5 <= took <= DRAIN + 5,
+          "remove-export took %.1f s with a drain timeout of %.1f s" % (took, DRAIN))
+    ids = [e["id"] for e in ctl({"cmd": "list-exports"})["exports"]]
+    check("stuck" not in ids, "the removed export is still listed: %r" % ids)
+    for c in stuck:
+        c.s.settimeout(10)
+        try:
+            while c.s.recv(1 << 20):
+                pass
+        except ConnectionResetError:
+            pass
+        c.close()
 
 
 @case("2000 idle connections (some mid-handshake, some negotiated); a new client is served at once")

@@ -14,11 +14,12 @@ ulimit -n 16384 || fail "cannot raise RLIMIT_NOFILE to 16384 (hard limit $(ulimi
 
 make_tmpfs "$WORK/shm" 256M
 export NBD_SOCK=$WORK/nbd.sock NBD_TLS_SOCK=$WORK/tls.sock NBD_CTL=$WORK/ctl.sock
-export NBD_FILE=$WORK/shm/disk.img NBD_SIZE=$((64 << 20))
+export NBD_FILE=$WORK/shm/disk.img NBD_SIZE=$((64 << 20)) NBD_DRAIN_TIMEOUT=2
 head -c "$NBD_SIZE" /dev/urandom >"$NBD_FILE"
 psktool -u alice -p "$WORK/keys.psk" >/dev/null
 
-daemon_start d --threads 2 --pool-size $((4 << 20)) --control "$NBD_CTL" --tls-psk "$WORK/keys.psk" \
+daemon_start d --threads 2 --pool-size $((4 << 20)) --drain-timeout "$NBD_DRAIN_TIMEOUT" \
+  --control "$NBD_CTL" --tls-psk "$WORK/keys.psk" \
   --blockdev "io_uring,id=disk0,path=$NBD_FILE" \
   --export "nbd,blockdev=disk0,name=rw,socket=$NBD_SOCK" \
   --export "nbd,blockdev=disk0,name=ro,id=ro,readonly=on,socket=$NBD_SOCK" \

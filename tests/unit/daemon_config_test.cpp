@@ -173,6 +173,7 @@ threads = 3
 control = "/run/blkstack/ctl.sock"
 log-level = "debug"
 pool-size = 1048576
+drain-timeout = 0.5
 
 [tls]
 creds = "/etc/pki/blkstack"
@@ -196,6 +197,7 @@ socket = "/run/d.sock"
   EXPECT_EQ(c.control_socket, "/run/blkstack/ctl.sock");
   EXPECT_EQ(c.log_level, "debug");
   EXPECT_EQ(c.pool_bytes, 1u << 20);
+  EXPECT_DOUBLE_EQ(c.drain_timeout_s, 0.5);
   EXPECT_EQ(c.tls.creds_dir, "/etc/pki/blkstack");
   EXPECT_TRUE(c.tls.verify_peer);
   ASSERT_EQ(c.blockdevs.size(), 1u);

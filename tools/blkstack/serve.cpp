@@ -75,6 +75,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--log-file", o.config.log_file, "log to this file (reopened on SIGHUP) instead of stderr");
   cmd->add_option("--log-level", o.config.log_level, "trace, debug, info, warn, error");
   cmd->add_option("--pool-size", o.config.pool_bytes, "I/O buffer bytes per device per reactor");
+  cmd->add_option("--drain-timeout", o.config.drain_timeout_s,
+                  "seconds an NBD connection being closed may take to send its last replies (default 5)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([] { std::exit(run_serve(o)); });
 }
 

@@ -150,6 +150,14 @@ void ConnectionSet::shutdown_if(const std::function<bool(const Connection&)>& pr
   for (Connection* c : now) c->shutdown();
 }
 
+void ConnectionSet::fail_if(const std::function<bool(const Connection&)>& pred, std::string_view why) {
+  std::vector<Connection*> now;
+  for (Connection* c : all_) {
+    if (pred(*c)) now.push_back(c);
+  }
+  for (Connection* c : now) c->fail(why);
+}
+
 size_t ConnectionSet::count_if(const std::function<bool(const Connection&)>& pred) const {
   size_t n = 0;
   for (Connection* c : all_) n += pred(*c) ? 1 : 0;

@@ -29,6 +29,9 @@ class Connection final : public Reactor::Deferred {
   static void start(Reactor& r, int fd, std::shared_ptr<const Catalog> catalog, ConnectionSet& set);
   // Graceful end: no new requests; in-flight ones finish and are answered.
   void shutdown();
+  // Abrupt end: both directions shut, queued replies dropped; requests in
+  // the device still finish before the object goes.
+  void fail(std::string_view why);
 
   void run_deferred() override;  // flush replies
 
@@ -103,7 +106,6 @@ class Connection final : public Reactor::Deferred {
   void after_output();
 
   // ---- lifetime ----
-  void fail(std::string_view why);
   void maybe_destroy();
 
   Reactor& reactor_;
@@ -164,6 +166,8 @@ class ConnectionSet {
   void remove(Connection* c);
   void shutdown_all();
   void shutdown_if(const std::function<bool(const Connection&)>& pred);
+  // Cuts off at once (no more replies) the connections `pred` picks.
+  void fail_if(const std::function<bool(const Connection&)>& pred, std::string_view why);
   size_t count_if(const std::function<bool(const Connection&)>& pred) const;
   size_t size() const { return all_.size(); }
 
