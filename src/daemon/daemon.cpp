@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -27,10 +26,6 @@ Daemon::~Daemon() {
   devices_.clear();
   for (auto& r : reactors_) r->stop();
   for (auto& r : reactors_) r->join();
-  if (control_fd_ >= 0) {
-    ::close(control_fd_);
-    ::unlink(config_.control_socket.c_str());
-  }
 }
 
 Status Daemon::start_reactors() {
@@ -72,7 +67,7 @@ Status Daemon::start() {
     if (Status s = add_export(spec); !s) return s;
   }
   if (!config_.control_socket.empty()) {
-    if (Status s = open_control_socket(); !s) return s;
+    if (Status s = control_.open(config_.control_socket); !s) return s;
   }
   notify_ready();
   return {};
@@ -304,21 +299,6 @@ Status Daemon::remove_export(const std::string& id) {
 
 // ---- control socket ----
 
-Status Daemon::open_control_socket() {
-  sockaddr_un sa{};
-  if (config_.control_socket.size() >= sizeof(sa.sun_path)) return error(-ENAMETOOLONG, "control socket path too long");
-  control_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (control_fd_ < 0) return errno_error("socket");
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path, config_.control_socket.c_str(), config_.control_socket.size() + 1);
-  ::unlink(config_.control_socket.c_str());
-  if (::bind(control_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(control_fd_, 16) != 0) {
-    return errno_error(config_.control_socket);
-  }
-  spdlog::info("daemon: control socket path={}", config_.control_socket);
-  return {};
-}
-
 nlohmann::json Daemon::device_json(BlockDevice& d) {
   const DeviceInfo& i = d.device().info();
   return {{"id", d.id()},
@@ -441,21 +421,16 @@ int Daemon::run() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGHUP);
-  int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  struct Client {
-    int fd;
-    std::string in;
-  };
-  std::vector<Client> clients;
+  UniqueFd signals(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  auto handler = [this](const nlohmann::json& req) { return handle(req); };
   while (!shutdown_requested_) {
     std::vector<pollfd> fds;
-    fds.push_back({sfd, POLLIN, 0});
-    if (control_fd_ >= 0) fds.push_back({control_fd_, POLLIN, 0});
-    for (auto& c : clients) fds.push_back({c.fd, POLLIN, 0});
+    fds.push_back({signals.get(), POLLIN, 0});
+    control_.add_poll_fds(fds);
     if (::poll(fds.data(), fds.size(), -1) < 0) continue;
     if (fds[0].revents & POLLIN) {
       signalfd_siginfo si{};
-      while (::read(sfd, &si, sizeof(si)) == sizeof(si)) {
+      while (::read(signals.get(), &si, sizeof(si)) == sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
           logging_.reopen();
         } else {
@@ -464,43 +439,8 @@ int Daemon::run() {
         }
       }
     }
-    size_t base = 1;
-    if (control_fd_ >= 0) {
-      base = 2;
-      if (fds[1].revents & POLLIN) {
-        int fd = ::accept4(control_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd >= 0) clients.push_back({fd, {}});
-      }
-    }
-    for (size_t i = 0; i < fds.size() - base; i++) {
-      if (!(fds[base + i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-      Client& c = clients[i];
-      char buf[4096];
-      ssize_t n = ::read(c.fd, buf, sizeof(buf));
-      if (n <= 0 || c.in.size() > (1 << 20)) {
-        ::close(c.fd);
-        c.fd = -1;
-        continue;
-      }
-      c.in.append(buf, static_cast<size_t>(n));
-      size_t nl;
-      while ((nl = c.in.find('\n')) != std::string::npos) {
-        std::string line = c.in.substr(0, nl);
-        c.in.erase(0, nl + 1);
-        nlohmann::json reply;
-        try {
-          reply = handle(nlohmann::json::parse(line));
-        } catch (const std::exception& e) {
-          reply = {{"ok", false}, {"error", std::string("bad JSON: ") + e.what()}, {"errno", EINVAL}};
-        }
-        std::string out = reply.dump() + "\n";
-        (void)!::send(c.fd, out.data(), out.size(), MSG_NOSIGNAL);
-      }
-    }
-    std::erase_if(clients, [](const Client& c) { return c.fd < 0; });
+    control_.on_events(fds, 1, handler);
   }
-  for (auto& c : clients) ::close(c.fd);
-  ::close(sfd);
   drain();
   return 0;
 }

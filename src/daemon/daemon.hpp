@@ -12,6 +12,7 @@
 
 #include "daemon/block_device.hpp"
 #include "daemon/config.hpp"
+#include "daemon/control_server.hpp"
 #include "daemon/log.hpp"
 #include "daemon/reactor.hpp"
 #include "exports/nbd/nbd_listener.hpp"
@@ -56,7 +57,6 @@ class Daemon {
   // Shuts down the NBD connections for which pred is true and waits for them.
   void close_connections(const std::function<bool(const nbd::Connection&)>& pred);
   void drain();
-  Status open_control_socket();
   void notify_ready();
   nlohmann::json device_json(BlockDevice& d);
   nlohmann::json export_json(const std::string& id, const Export& e);
@@ -70,7 +70,7 @@ class Daemon {
   std::map<std::string, std::unique_ptr<nbd::Listener>> listeners_;  // by address
   std::vector<int> activated_fds_;  // systemd socket activation
   std::shared_ptr<nbd::TlsContext> tls_;
-  int control_fd_ = -1;
+  ControlServer control_;
   bool shutdown_requested_ = false;
 };
 

@@ -786,6 +786,43 @@ def _():
         c.close()
 
 
+@case("control: a client that never reads its replies stalls no one and is dropped past 4 MiB of them")
+def _():
+    # The control socket runs on the daemon's main thread, with the signals.
+    # A client that sends requests and never reads the replies must not
+    # block it (other control clients answered at once) nor make it queue
+    # replies without end (dropped once 4 MiB wait).
+    line = b'{"cmd": "stats"}\n'
+    reply_len = len(json.dumps(ctl({"cmd": "stats"}))) + 1
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.settimeout(5)
+    hog.connect(CTL)
+    try:
+        # About 2 MiB of replies: far more than the socket holds, less than
+        # the limit.
+        hog.sendall(line * ((2 * MiB) // reply_len))
+    except socket.timeout:
+        raise Fail("the daemon stopped reading a control client's requests")
+    time.sleep(0.3)
+    t = time.monotonic()
+    r = ctl({"cmd": "list-devices"})
+    check(r.get("ok"), "list-devices: %r" % r)
+    check(time.monotonic() - t < 2, "a control request took %.1f s while another client did not read" %
+          (time.monotonic() - t))
+    dropped = False
+    try:
+        for _ in range(64):
+            hog.sendall(line * ((MiB) // reply_len))
+    except (BrokenPipeError, ConnectionResetError):
+        dropped = True
+    except socket.timeout:
+        raise Fail("the daemon stopped reading a control client's requests")
+    check(dropped, "a control client with 64 MiB of unread replies was not dropped")
+    hog.close()
+    check(ctl({"cmd": "list-devices"}).get("ok"), "control socket unusable after the hog")
+
+
 @case("2000 idle connections (some mid-handshake, some negotiated); a new client is served at once")
 def _():
     idle = []
