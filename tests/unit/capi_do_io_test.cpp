@@ -31,7 +31,6 @@ class DoIo : public ::testing::Test {
   char buf_[4096];
 };
 
-}  // namespace
 
 TEST_F(DoIo, ArgumentRules) {
   blkio_completion c[4];
@@ -203,7 +202,6 @@ TEST_F(SlowDevice, CompletionFdFiresWhenDue) {
   EXPECT_EQ(blkioq_do_io(q_, &c, 0, 1, nullptr), 1);
 }
 
-namespace {
 std::atomic<int> sigusr1_hits{0};
 void on_sigusr1(int) { sigusr1_hits++; }
 
@@ -226,7 +224,6 @@ struct SignalSetup {
   struct sigaction old_action;
   sigset_t old_mask, unblocked;
 };
-}  // namespace
 
 TEST_F(SlowDevice, InterruptibleReturnsEintr) {
   SignalSetup sigs;
@@ -259,3 +256,5 @@ TEST_F(SlowDevice, PlainDoIoRidesOutSignals) {
   killer.join();
   sigaction(SIGUSR1, &old, nullptr);
 }
+
+}  // namespace

@@ -21,7 +21,6 @@ class MemRegions : public ::testing::Test {
   std::unique_ptr<TempFile> file_;
   std::unique_ptr<Blkio> b_;
 };
-}  // namespace
 
 TEST(MemRegionsState, AllocNeedsStart) {
   Blkio b("io_uring");
@@ -135,3 +134,5 @@ TEST_F(MemRegions, MaxMemRegionsReported) {
   ASSERT_EQ(blkio_get_int(*b_, "buf-alignment", &balign), 0);
   EXPECT_EQ(align % static_cast<uint64_t>(balign), 0u);
 }
+
+}  // namespace

@@ -42,7 +42,6 @@ class Requests : public ::testing::Test {
   void* buf_ = nullptr;
 };
 
-}  // namespace
 
 TEST_F(Requests, MisalignedOffsetAndLength) {
   ASSERT_GT(align_, 1);
@@ -225,3 +224,5 @@ TEST_F(Requests, ErrorsNeverCrashWithGarbage) {
   blkioq_write(q_, 3, nullptr, 4096, nullptr, 0);
   expect_error(-EINVAL);
 }
+
+}  // namespace

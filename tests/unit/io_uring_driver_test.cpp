@@ -68,7 +68,6 @@ class IoUringFile : public ::testing::TestWithParam<Case> {
   char* buf_ = nullptr;
 };
 
-}  // namespace
 
 TEST_P(IoUringFile, WriteThenReadBack) {
   std::string data = pattern(64 * 1024, 1);
@@ -440,7 +439,6 @@ TEST(IoUringDirect, AlignmentFromTheFileSystem) {
 
 // ---- files in memory: small reads and writes done by the calling thread ----
 
-namespace {
 struct InlineFixture {
   explicit InlineFixture(uint64_t size, const char* dir = "/dev/shm", const char* inline_max = nullptr)
       : file(size, dir), dev(open_with_inline_max(file.path(), inline_max)) {
@@ -453,7 +451,6 @@ struct InlineFixture {
   std::unique_ptr<Device> dev;
   char* buf;
 };
-}  // namespace
 
 TEST(IoUringInline, OnlySmallRequestsOnMemoryFilesSkipTheRing) {
   InlineFixture f(4 << 20);
@@ -722,3 +719,5 @@ TEST(IoUringWorkers, LargeRequestsOnMemoryFilesRunOnSeveralWorkers) {
   EXPECT_EQ(done, kRequests);
   EXPECT_GE(workers, 2) << "the reads were copied by " << workers << " io-wq worker(s)";
 }
+
+}  // namespace

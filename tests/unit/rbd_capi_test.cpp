@@ -34,7 +34,6 @@ class RbdCapi : public ::testing::Test {
   std::string image_;
 };
 
-}  // namespace
 
 TEST_F(RbdCapi, PropertiesDataAndCompletionFd) {
   Blkio b("rbd");
@@ -101,3 +100,5 @@ TEST_F(RbdCapi, ConnectErrorsInErrorMessage) {
     EXPECT_EQ(blkio_set_int(b, "connect-timeout", -1), -EINVAL);
   }
 }
+
+}  // namespace

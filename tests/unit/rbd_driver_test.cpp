@@ -161,7 +161,6 @@ class Rbd : public ::testing::Test {
   char* buf_ = nullptr;
 };
 
-}  // namespace
 
 TEST_F(Rbd, WriteReadVerifyAnyByteOffset) {
   Queue* q = open();
@@ -676,3 +675,5 @@ TEST_F(Rbd, Namespace) {
   rados_ioctx_destroy(nsio);
   EXPECT_EQ(rbd_namespace_remove(io, ns.c_str()), 0);
 }
+
+}  // namespace
