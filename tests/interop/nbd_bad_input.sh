@@ -31,4 +31,25 @@ log "advertised maximum block: $NBD_MAX_BLOCK"
 
 python3 "$(dirname "$0")/nbd_bad_input.py" || fail "nbd_bad_input.py failed"
 daemon_alive d
-daemon_stop d
+
+# SIGTERM with a client that never takes its replies: the drain gives up on
+# it after the drain timeout and the daemon exits.
+python3 - "$NBD_SOCK" <<'PY' &
+import socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(sys.argv[1])
+s.recv(18, socket.MSG_WAITALL)                      # greeting
+s.sendall(struct.pack(">I", 3))                     # fixed newstyle, no zeroes
+s.sendall(struct.pack(">QII", 0x49484156454F5054, 1, 2) + b"rw")  # NBD_OPT_EXPORT_NAME
+s.recv(10, socket.MSG_WAITALL)                      # size and flags
+for cookie in range(200):                           # 1 MiB reads, never read back
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, cookie, cookie << 20, 1 << 20))
+time.sleep(120)
+PY
+STUCK=$!
+at_exit kill "$STUCK"
+sleep 1
+log "SIGTERM with a client that does not read its replies (drain timeout $NBD_DRAIN_TIMEOUT s)"
+daemon_stop d $((NBD_DRAIN_TIMEOUT + 8))
+kill "$STUCK" 2>/dev/null || true
