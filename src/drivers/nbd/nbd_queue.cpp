@@ -14,16 +14,6 @@ namespace blkstack {
 
 namespace {
 
-// The queue whose process()/enqueue() is running on this thread: replies it
-// reads for itself skip the inbox lock and the eventfd.
-thread_local const void* t_driving = nullptr;
-
-struct Driving {
-  const void* saved;
-  explicit Driving(const void* q) : saved(t_driving) { t_driving = q; }
-  ~Driving() { t_driving = saved; }
-};
-
 // While requests are parked, the completion fd ticks this often: event
 // loops come back to do_io(), which drives the reconnection and fails
 // requests whose reconnect-delay ran out.
@@ -39,6 +29,15 @@ const char kDelayMsg[] = "nbd: the server did not come back within reconnect-del
 bool connection_error(int e) { return e == ENOTCONN || e == ESHUTDOWN || e == ECONNRESET || e == EPIPE; }
 
 }  // namespace
+
+// Marks the calling thread as the one driving `q` for the scope (nests).
+struct Driving {
+  NbdQueue& q;
+  std::thread::id saved;
+  explicit Driving(NbdQueue* queue)
+      : q(*queue), saved(q.driving_.exchange(std::this_thread::get_id(), std::memory_order_relaxed)) {}
+  ~Driving() { q.driving_.store(saved, std::memory_order_relaxed); }
+};
 
 NbdQueue::NbdQueue(std::shared_ptr<NbdLink> conn, NbdCaps caps, int reconnect_delay_s)
     : conn_(std::move(conn)), caps_(caps), reconnect_delay_s_(reconnect_delay_s) {
@@ -286,7 +285,7 @@ void NbdQueue::release_parts(Cmd* c, uint32_t n) {
 }
 
 void NbdQueue::finish(Cmd* c) {
-  if (t_driving == this) {
+  if (driving_.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
     ready_.push_back(c);
     in_flight_--;
     return;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include <sys/uio.h>
@@ -138,6 +139,13 @@ class NbdQueue final : public DriverQueue {
   uint64_t gen_seen_ = 0;  // conn_->generation() that sock_fd_ belongs to
   int reconnect_delay_s_ = 0;
   std::vector<Parked> parked_;
+
+  // The thread inside this queue's process() or enqueue(), if any: replies
+  // it reads for this queue skip the inbox lock and the eventfd. Written and
+  // compared only by the thread itself, so relaxed order is enough (no other
+  // thread can ever find its own id there).
+  std::atomic<std::thread::id> driving_{};
+  friend struct Driving;
 
   std::mutex inbox_mu_;
   std::vector<Cmd*> inbox_;  // finished by other threads
