@@ -36,7 +36,8 @@ void ControlServer::add_poll_fds(std::vector<pollfd>& fds) const {
   if (!listen_.valid()) return;
   fds.push_back({listen_.get(), POLLIN, 0});
   for (const Client& c : clients_) {
-    fds.push_back({c.fd.get(), static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+    short events = static_cast<short>((c.eof ? 0 : POLLIN) | (c.out.empty() ? 0 : POLLOUT));
+    fds.push_back({c.fd.get(), events, 0});
   }
 }
 
@@ -47,8 +48,9 @@ void ControlServer::on_events(const std::vector<pollfd>& fds, size_t first, cons
   for (size_t i = 0; i < clients_.size() && first + 1 + i < fds.size(); i++) {
     Client& c = clients_[i];
     short ev = fds[first + 1 + i].revents;
-    if (ev & (POLLIN | POLLHUP | POLLERR)) read_requests(c, handle);
-    if (!c.gone && !c.out.empty() && (ev & (POLLOUT | POLLERR))) write_replies(c);
+    if (!c.eof && (ev & (POLLIN | POLLHUP | POLLERR))) read_requests(c, handle);
+    if (!c.gone && !c.out.empty() && (ev & (POLLOUT | POLLERR | POLLHUP))) write_replies(c);
+    if (c.eof && c.out.empty()) c.gone = true;
   }
   std::erase_if(clients_, [](const Client& c) { return c.gone; });
   if (fds[first].revents & POLLIN) {
@@ -68,10 +70,15 @@ void ControlServer::read_requests(Client& c, const Handler& handle) {
     ssize_t n = ::read(c.fd.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EAGAIN) break;
-    if (n <= 0) {
-      // End of input: replies still queued have no reader that matters.
+    if (n < 0) {
       c.gone = true;
       return;
+    }
+    if (n == 0) {
+      // The client has sent everything (a half close, as socat does at the
+      // end of its input): its replies still go out, then it is closed.
+      c.eof = true;
+      break;
     }
     c.in.append(buf, static_cast<size_t>(n));
     size_t nl;
@@ -94,6 +101,7 @@ void ControlServer::read_requests(Client& c, const Handler& handle) {
     }
   }
   write_replies(c);
+  if (c.eof && c.out.empty()) c.gone = true;
 }
 
 void ControlServer::write_replies(Client& c) {

@@ -49,6 +49,7 @@ class ControlServer {
     UniqueFd fd;
     std::string in;   // bytes of a request line not yet complete
     std::string out;  // replies the socket has not taken yet
+    bool eof = false;   // the client has sent all it will (socat does this): answer, then close
     bool gone = false;
   };
   void read_requests(Client& c, const Handler& handle);

@@ -94,6 +94,21 @@ TEST_F(ControlServerTest, LinesSplitAndPackedAreEachOneRequest) {
   EXPECT_EQ(handled_, 3);
 }
 
+TEST_F(ControlServerTest, AClientThatHalfClosesStillGetsItsRepliesThenTheEnd) {
+  // What `echo '{...}' | socat - UNIX-CONNECT:...` does: the request, then
+  // the end of its input, then it waits for the reply.
+  UniqueFd c = connect_client();
+  turn();
+  std::string two = "{\"cmd\": \"a\"}\n{\"cmd\": \"b\"}\n";
+  ASSERT_EQ(::send(c.get(), two.data(), two.size(), 0), static_cast<ssize_t>(two.size()));
+  ASSERT_EQ(::shutdown(c.get(), SHUT_WR), 0);
+  auto r = replies(c.get(), 2);
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[1]["echo"]["cmd"], "b");
+  EXPECT_TRUE(peer_closed(c.get()));
+  EXPECT_EQ(server_.clients(), 0u);
+}
+
 TEST_F(ControlServerTest, BadJsonGetsAnErrorReplyAndTheClientStays) {
   UniqueFd c = connect_client();
   turn();
