@@ -1,13 +1,14 @@
 #include "daemon/control_server.hpp"
 
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <spdlog/spdlog.h>
+
+#include "daemon/unix_listen.hpp"
 
 namespace blkstack {
 
@@ -16,17 +17,9 @@ ControlServer::~ControlServer() {
 }
 
 Status ControlServer::open(const std::string& path) {
-  sockaddr_un sa{};
-  if (path.size() >= sizeof(sa.sun_path)) return error(-ENAMETOOLONG, "control socket path too long");
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd.valid()) return errno_error("socket");
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(fd.get(), 16) != 0) {
-    return errno_error(path);
-  }
-  listen_ = std::move(fd);
+  auto fd = listen_unix(path, 16, SOCK_NONBLOCK);
+  if (!fd) return error(fd.status().code(), "control socket: {}", fd.status().message());
+  listen_ = std::move(*fd);
   path_ = path;
   spdlog::info("daemon: control socket path={}", path);
   return {};

@@ -17,10 +17,6 @@ Daemon::Daemon(DaemonConfig config) : config_(std::move(config)) {}
 Daemon::~Daemon() {
   for (auto& [addr, l] : listeners_) l->stop();
   listeners_.clear();
-  for (auto& r : reactors_) {
-    nbd::ConnectionSet* set = nbd_connections_[r->index()].get();
-    r->post([set] { set->shutdown_all(); });
-  }
   close_connections([](const nbd::Connection&) { return true; });
   exports_.clear();
   devices_.clear();
@@ -227,10 +223,14 @@ void Daemon::publish_catalog(nbd::Listener& l) {
 }
 
 void Daemon::close_connections(const std::function<bool(const nbd::Connection&)>& pred) {
-  for (size_t i = 0; i < reactors_.size(); i++) {
-    nbd::ConnectionSet* set = nbd_connections_[i].get();
-    reactors_[i]->post([set, pred] { set->shutdown_if(pred); });
-  }
+  // Runs fn on each reactor's connections, on that reactor.
+  auto on_every_set = [this](const std::function<void(nbd::ConnectionSet&)>& fn) {
+    for (size_t i = 0; i < reactors_.size(); i++) {
+      nbd::ConnectionSet* set = nbd_connections_[i].get();
+      reactors_[i]->post([set, fn] { fn(*set); });
+    }
+  };
+  on_every_set([pred](nbd::ConnectionSet& set) { set.shutdown_if(pred); });
   // Connections finish what is in flight and send their last replies; one
   // whose client does not read them is cut off after the drain timeout.
   const auto grace = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -248,10 +248,9 @@ void Daemon::close_connections(const std::function<bool(const nbd::Connection&)>
       cut = true;
       spdlog::warn("daemon: {} NBD connection(s) still sending after {} s; closing them", left,
                    config_.drain_timeout_s);
-      for (size_t i = 0; i < reactors_.size(); i++) {
-        nbd::ConnectionSet* set = nbd_connections_[i].get();
-        reactors_[i]->post([set, pred] { set->fail_if(pred, "closed: replies not taken within the drain timeout"); });
-      }
+      on_every_set([pred](nbd::ConnectionSet& set) {
+        set.fail_if(pred, "closed: replies not taken within the drain timeout");
+      });
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }

@@ -85,25 +85,21 @@ void ConnectionSet::remove(Connection* c) {
   }
 }
 
-void ConnectionSet::shutdown_all() {
-  std::vector<Connection*> now = all_;
-  for (Connection* c : now) c->shutdown();
+// A copy: acting on a connection may remove it from all_.
+std::vector<Connection*> ConnectionSet::matching(const std::function<bool(const Connection&)>& pred) const {
+  std::vector<Connection*> now;
+  for (Connection* c : all_) {
+    if (pred(*c)) now.push_back(c);
+  }
+  return now;
 }
 
 void ConnectionSet::shutdown_if(const std::function<bool(const Connection&)>& pred) {
-  std::vector<Connection*> now;
-  for (Connection* c : all_) {
-    if (pred(*c)) now.push_back(c);
-  }
-  for (Connection* c : now) c->shutdown();
+  for (Connection* c : matching(pred)) c->shutdown();
 }
 
 void ConnectionSet::fail_if(const std::function<bool(const Connection&)>& pred, std::string_view why) {
-  std::vector<Connection*> now;
-  for (Connection* c : all_) {
-    if (pred(*c)) now.push_back(c);
-  }
-  for (Connection* c : now) c->fail(why);
+  for (Connection* c : matching(pred)) c->fail(why);
 }
 
 size_t ConnectionSet::count_if(const std::function<bool(const Connection&)>& pred) const {

@@ -164,7 +164,6 @@ class ConnectionSet {
  public:
   void add(Connection* c) { all_.push_back(c); }
   void remove(Connection* c);
-  void shutdown_all();
   void shutdown_if(const std::function<bool(const Connection&)>& pred);
   // Cuts off at once (no more replies) the connections `pred` picks.
   void fail_if(const std::function<bool(const Connection&)>& pred, std::string_view why);
@@ -172,6 +171,7 @@ class ConnectionSet {
   size_t size() const { return all_.size(); }
 
  private:
+  std::vector<Connection*> matching(const std::function<bool(const Connection&)>& pred) const;
   std::vector<Connection*> all_;
 };
 

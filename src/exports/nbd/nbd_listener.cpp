@@ -4,11 +4,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <future>
+
+#include "daemon/unix_listen.hpp"
 
 namespace blkstack::nbd {
 
@@ -17,22 +18,6 @@ std::string listener_address(const NbdExportConfig& c) {
 }
 
 namespace {
-
-Result<int> listen_unix(const std::string& path) {
-  sockaddr_un sa{};
-  if (path.size() >= sizeof(sa.sun_path)) return error(-ENAMETOOLONG, "socket path too long: {}", path);
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return errno_error("socket");
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());  // a stale socket from an earlier run
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(fd, 1024) != 0) {
-    Status s = errno_error(path);
-    ::close(fd);
-    return s;
-  }
-  return fd;
-}
 
 Result<int> listen_tcp(const std::string& hostport) {
   std::string host, port;
@@ -77,9 +62,9 @@ Result<int> listen_tcp(const std::string& hostport) {
 
 Result<std::unique_ptr<Listener>> Listener::open(const std::string& address) {
   if (address.rfind("unix:", 0) == 0) {
-    auto fd = listen_unix(address.substr(5));
+    auto fd = listen_unix(address.substr(5), 1024);
     if (!fd) return fd.status();
-    return std::unique_ptr<Listener>(new Listener(*fd, address, address.substr(5)));
+    return std::unique_ptr<Listener>(new Listener(fd->release(), address, address.substr(5)));
   }
   if (address.rfind("tcp:", 0) == 0) {
     auto fd = listen_tcp(address.substr(4));

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "daemon/config.hpp"
+#include "daemon/unix_listen.hpp"
 #include "spdlog/spdlog.h"
 
 namespace blkstack::vhost_blk {
@@ -146,16 +147,9 @@ Result<std::unique_ptr<VhostUserBlkExport>> VhostUserBlkExport::create(const Vho
   }
   e->stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!e->stop_fd_.valid()) return errno_error("eventfd");
-  e->listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!e->listen_fd_.valid()) return errno_error("socket");
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::memcpy(sa.sun_path, config.socket.c_str(), config.socket.size() + 1);
-  ::unlink(config.socket.c_str());
-  if (::bind(e->listen_fd_.get(), reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
-      ::listen(e->listen_fd_.get(), 1) != 0) {
-    return errno_error(config.socket);
-  }
+  auto listening = listen_unix(config.socket, 1);
+  if (!listening) return listening.status();
+  e->listen_fd_ = std::move(*listening);
   VhostUserBlkExport* self = e.get();
   e->thread_ = std::thread([self] { self->serve(); });
   return e;
